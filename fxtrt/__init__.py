@@ -1,0 +1,26 @@
+"""fxtrt: PyTorch models to dynamic-batch ONNX (and TensorRT plans) that match the original.
+
+The pipeline is ``frontend`` (torch.export capture) → ``passes`` (graph rewrites) → ``backend``
+(ONNX emission, cleanup, verification) → ``Report``.
+"""
+from fxtrt.api import CompiledModel, compile, onnx_export
+from fxtrt.errors import (
+    CaptureError,
+    ConfigError,
+    EmitError,
+    EngineError,
+    FxtrtError,
+    GeneralizationError,
+    PassError,
+    PrecisionError,
+    VerificationError,
+)
+from fxtrt.report import Report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CaptureError", "CompiledModel", "ConfigError", "EmitError", "EngineError", "FxtrtError",
+    "GeneralizationError", "PassError", "PrecisionError", "Report", "VerificationError",
+    "compile", "onnx_export",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from fxtrt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""Clean the emitted ONNX: shape inference, GraphSurgeon folding, then onnxsim.
+
+Symbolic dims must survive: onnxsim is run without fixed input shapes, and the caller checks
+the dims afterwards.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+from dataclasses import dataclass, field
+
+import onnx
+import onnx.shape_inference
+
+log = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2 * 1024**3
+
+
+@dataclass
+class Cleaned:
+    model: onnx.ModelProto
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
+
+
+def cleanup(model: onnx.ModelProto, *, size_limit: int = PROTOBUF_LIMIT) -> Cleaned:
+    """Fold and simplify. Models past ``size_limit`` skip the steps that serialise to protobuf."""
+    import onnx_graphsurgeon as gs  # heavy import; only when cleaning
+
+    before = op_counts(model)
+    notes: list[str] = []
+    big = _byte_size(model) >= size_limit
+    if not big:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    graph = gs.import_onnx(model)
+    with contextlib.redirect_stdout(io.StringIO()):
+        graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
+    if big:
+        notes.append("the model is over 2 GB: onnxsim was skipped and weights are saved as external data")
+    else:
+        model = _simplify(model, notes)
+    return Cleaned(model, before, op_counts(model), notes)
+
+
+def _byte_size(model: onnx.ModelProto) -> int:
+    try:
+        return model.ByteSize()
+    except Exception:  # protobuf refuses to size messages past 2 GB on some builds
+        return PROTOBUF_LIMIT
+
+
+def _simplify(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    import onnxsim
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            simplified, ok = onnxsim.simplify(model, check_n=0, certify=False)
+    except Exception as exc:  # onnxsim is best effort: the unsimplified model is still valid
+        notes.append(f"onnxsim failed and was skipped: {type(exc).__name__}: {str(exc)[:200]}")
+        log.warning("onnxsim failed: %s", exc)
+        return model
+    if not ok:
+        notes.append("onnxsim could not validate its result; the unsimplified model was kept")
+        return model
+    return simplified

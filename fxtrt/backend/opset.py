@@ -1,0 +1,155 @@
+"""Bring torch.onnx's opset-18 output down to the requested opset (17 by default).
+
+torch.onnx emits opset 18 at the lowest. Its own down-conversion, and ONNX's version converter
+(1.23) behind it, have no 18→17 adapter for Split and leave opset-18 attributes on Reduce ops;
+torch.onnx then silently keeps opset 18. The step 18→17 is small and is done here: Reduce ops
+take ``axes`` as an attribute again, Split loses ``num_outputs``, and opset-18-only features are
+refused with the node's name. Below 17, ONNX's converter takes over (its adapters exist there).
+
+Before (18):  ReduceMean(x, axes=Constant([2, 3]))       Split(x, num_outputs=2)
+After  (17):  ReduceMean(x) {axes=[2, 3]}                Split(x)   (equal parts, as in opset 13)
+"""
+from __future__ import annotations
+
+import onnx
+import onnx.numpy_helper
+import onnx.version_converter
+
+from fxtrt.errors import EmitError
+
+# Reduce ops whose `axes` moved from attribute to input in opset 18 (ReduceSum moved in 13).
+REDUCE_18 = frozenset({
+    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+})
+
+
+def opset_of(model: onnx.ModelProto) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` at ``opset``, checked by onnx.checker, or an EmitError naming the node."""
+    current = opset_of(model)
+    if current == opset:
+        return model
+    if current != 18 or opset > 18:
+        raise EmitError(f"cannot convert an opset-{current} model to opset {opset}")
+    model = _down_18_to_17(model)
+    if opset < 17:
+        try:
+            model = onnx.version_converter.convert_version(model, opset)
+        except Exception as exc:
+            raise EmitError(
+                f"ONNX's version converter could not bring the model from opset 17 to {opset}: "
+                f"{(str(exc).strip().splitlines() or [''])[-1]}",
+                hint="use opset=17 (the seed's recommendation) or 18",
+            ) from exc
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise EmitError(f"the opset-{opset} model does not pass onnx.checker: {str(exc).splitlines()[0]}") from exc
+    return model
+
+
+def _down_18_to_17(src: onnx.ModelProto) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(src)
+    consts = _constants(model.graph)
+    shapes = _static_shapes(model)
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            onnx.defs.get_schema(node.op_type, 17)
+        except onnx.defs.SchemaError:
+            raise EmitError(f"{node.name}: {node.op_type} does not exist before opset 18",
+                            node=node.name, hint="use opset=18") from None
+        if node.op_type in REDUCE_18:
+            _reduce_axes_to_attribute(node, consts)
+        elif node.op_type == "Split":
+            _split_without_num_outputs(node, shapes)
+        elif node.op_type == "Resize":
+            _require_defaults(node, {"antialias": 0, "keep_aspect_ratio_policy": b"stretch"}, forbid=("axes",))
+        elif node.op_type in ("ScatterElements", "ScatterND"):
+            red = next((a.s for a in node.attribute if a.name == "reduction"), b"none")
+            if red in (b"max", b"min"):
+                raise EmitError(f"{node.name}: {node.op_type} reduction={red.decode()} needs opset 18",
+                                node=node.name, hint="use opset=18")
+        elif node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
+            raise EmitError(f"{node.name}: Pad with an axes input needs opset 18", node=node.name, hint="use opset=18")
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 17
+    return model
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    out = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    out[node.output[0]] = a.t
+                elif a.name == "value_ints":
+                    out[node.output[0]] = onnx.helper.make_tensor(node.output[0], onnx.TensorProto.INT64, [len(a.ints)], a.ints)
+    return out
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = {}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if vi.type.tensor_type.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    return out
+
+
+def _reduce_axes_to_attribute(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> None:
+    noop = next((a.i for a in node.attribute if a.name == "noop_with_empty_axes"), 0)
+    for a in [a for a in node.attribute if a.name == "noop_with_empty_axes"]:
+        node.attribute.remove(a)
+    if len(node.input) < 2 or not node.input[1]:
+        if noop:
+            raise EmitError(f"{node.name}: {node.op_type} with noop_with_empty_axes=1 has no opset-17 form",
+                            node=node.name, hint="use opset=18")
+        return
+    axes_name = node.input[1]
+    if axes_name not in consts:
+        raise EmitError(f"{node.name}: {node.op_type} has computed axes, which opset 17 cannot express",
+                        node=node.name, hint="use opset=18")
+    axes = [int(v) for v in onnx.numpy_helper.to_array(consts[axes_name]).reshape(-1)]
+    del node.input[1:]
+    if axes:
+        node.attribute.append(onnx.helper.make_attribute("axes", axes))
+    elif noop:
+        raise EmitError(f"{node.name}: {node.op_type} with empty axes and noop_with_empty_axes=1",
+                        node=node.name, hint="use opset=18")
+
+
+def _split_without_num_outputs(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> None:
+    attr = next((a for a in node.attribute if a.name == "num_outputs"), None)
+    if attr is None:
+        return
+    node.attribute.remove(attr)
+    if len(node.input) > 1 and node.input[1]:
+        return
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    shape = shapes.get(node.input[0])
+    size = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
+    if size is None or size % attr.i:
+        # Opset 17 without a split input means equal parts; uneven or unknown sizes need 18.
+        raise EmitError(f"{node.name}: Split into {attr.i} parts of a dim of size {size or 'unknown'} needs opset 18",
+                        node=node.name, hint="use opset=18")
+
+
+def _require_defaults(node: onnx.NodeProto, defaults: dict[str, object], forbid: tuple[str, ...] = ()) -> None:
+    for a in list(node.attribute):
+        if a.name in forbid:
+            raise EmitError(f"{node.name}: {node.op_type}.{a.name} needs opset 18", node=node.name, hint="use opset=18")
+        if a.name in defaults:
+            value = onnx.helper.get_attribute_value(a)
+            if value != defaults[a.name]:
+                raise EmitError(f"{node.name}: {node.op_type} {a.name}={value!r} needs opset 18",
+                                node=node.name, hint="use opset=18")
+            node.attribute.remove(a)

@@ -1,0 +1,155 @@
+"""Check the artifact against the original model with Polygraphy, at every size it claims.
+
+Polygraphy's ``PytRunner`` hard-codes CUDA, so ``TorchRunner`` runs the original module on the
+CPU behind the same runner interface; ``Comparator`` drives it and ``OnnxrtRunner`` over the same
+feeds. The check is elementwise ``|a - b| <= atol + rtol * |ref|`` (Polygraphy's own "simple"
+check passes an element when *either* tolerance holds, which is looser), and any failure is an
+error, never a warning.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+from polygraphy.logger import G_LOGGER
+
+from fxtrt.errors import VerificationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyRow:
+    """One output at one set of sizes."""
+
+    sizes: dict[str, int]
+    output: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    passed: bool
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sizes": dict(self.sizes), "output": self.output, "shape": list(self.shape),
+                "max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed, "note": self.note}
+
+
+class TorchRunner(BaseRunner):
+    """Runs an ``nn.Module`` eagerly on the CPU; outputs are flattened in pytree order."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        input_names: Sequence[str],
+        input_dtypes: Sequence[torch.dtype],
+        output_names: Sequence[str],
+        feed_meta: TensorMetadata,
+        name: str = "torch",
+    ) -> None:
+        super().__init__(name=name, prefix="torch-runner")
+        self.model = model
+        self.input_names = list(input_names)
+        self.input_dtypes = list(input_dtypes)
+        self.output_names = list(output_names)
+        self._meta = feed_meta
+        self._was_training = False
+
+    def activate_impl(self) -> None:
+        self._was_training = self.model.training
+        self.model.eval()
+
+    def deactivate_impl(self) -> None:
+        self.model.train(self._was_training)
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return self._meta
+
+    def infer_impl(self, feed_dict):
+        args = [torch.from_numpy(np.ascontiguousarray(feed_dict[n])).to(dt)
+                for n, dt in zip(self.input_names, self.input_dtypes)]
+        with torch.no_grad():
+            out = self.model(*args)
+        leaves = pytree.tree_leaves(out)
+        if len(leaves) != len(self.output_names):
+            raise VerificationError(
+                f"the model returned {len(leaves)} tensors but the artifact has {len(self.output_names)} outputs"
+            )
+        return OrderedDict(
+            (n, t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t))
+            for n, t in zip(self.output_names, leaves)
+        )
+
+
+def compare_arrays(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool, str]:
+    """(max |a-b|, max |a-b|/|ref|, passed, note) under ``|a-b| <= atol + rtol*|ref|``."""
+    if tuple(ref.shape) != tuple(out.shape):
+        return float("inf"), float("inf"), False, f"shape {tuple(out.shape)} != expected {tuple(ref.shape)}"
+    if ref.size == 0:
+        return 0.0, 0.0, True, ""
+    a = ref.astype(np.float64)
+    b = out.astype(np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    same_inf = np.isinf(a) & (a == b)
+    diff = np.where(both_nan | same_inf, 0.0, np.abs(a - b))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    ok = diff <= atol + rtol * np.where(np.isfinite(a), np.abs(a), 0.0)
+    rel = diff / np.maximum(np.abs(np.where(np.isfinite(a), a, 0.0)), np.finfo(np.float64).tiny)
+    return float(diff.max()), float(rel.max()), bool(ok.all()), ""
+
+
+def run_comparison(
+    runners: Sequence[BaseRunner],
+    feeds: Sequence[tuple[dict[str, int], dict[str, np.ndarray]]],
+    atol: float,
+    rtol: float,
+) -> list[VerifyRow]:
+    """Run every runner on every feed with Polygraphy's Comparator; compare each to the first."""
+    from polygraphy.comparator import Comparator
+
+    rows: list[VerifyRow] = []
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        stream = Comparator.run(list(runners), data_loader=[f for _, f in feeds], streaming=True)
+        for (sizes, _), results in zip(feeds, stream):
+            ref_name, ref_iters = results[0]
+            ref = ref_iters[0]
+            for other_name, other_iters in list(results)[1:]:
+                other = other_iters[0]
+                for name in ref.keys():
+                    r = np.asarray(ref[name])
+                    if name not in other:
+                        rows.append(VerifyRow(sizes, name, tuple(r.shape), float("inf"), float("inf"), False,
+                                              f"{other_name} has no output {name!r}"))
+                        continue
+                    max_abs, max_rel, ok, note = compare_arrays(r, np.asarray(other[name]), atol, rtol)
+                    label = "" if len(runners) == 2 else f"{other_name} vs {ref_name}"
+                    rows.append(VerifyRow(sizes, name, tuple(r.shape), max_abs, max_rel, ok,
+                                          "; ".join(x for x in (label, note) if x)))
+    return rows
+
+
+def format_rows(rows: Iterable[VerifyRow]) -> str:
+    lines = [f"{'sizes':24} {'output':14} {'shape':20} {'max_abs':>10} {'max_rel':>10}  ok"]
+    for r in rows:
+        sizes = ",".join(f"{k}={v}" for k, v in r.sizes.items()) or "example"
+        lines.append(f"{sizes:24} {r.output:14} {str(list(r.shape)):20} {r.max_abs:10.3g} {r.max_rel:10.3g}  "
+                     f"{'yes' if r.passed else 'NO'}{'  ' + r.note if r.note else ''}")
+    return "\n".join(lines)
+
+
+def raise_on_failure(rows: Sequence[VerifyRow], atol: float, rtol: float) -> None:
+    bad = [r for r in rows if not r.passed]
+    if bad:
+        raise VerificationError(
+            f"the ONNX model does not match the original at {len(bad)} of {len(rows)} (size, output) checks "
+            f"(|a-b| <= {atol:g} + {rtol:g}*|ref|):\n{format_rows(rows)}",
+            rows=list(rows),
+            hint="run with debug_dir=... to find the pass that broke it, or relax atol/rtol if the error is rounding",
+        )

@@ -1,0 +1,108 @@
+"""The ``fxtrt`` command: ``fxtrt compile SPEC --input 1x3x224x224 --batch 1:8:32``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Sequence
+
+import torch
+
+from fxtrt.errors import ConfigError, FxtrtError
+
+
+def _ints(text: str, sep: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(sep))
+    except ValueError:
+        raise ConfigError(f"{what}: cannot read {text!r}") from None
+
+
+def parse_batch(text: str) -> tuple[int, int, int] | None:
+    if text.lower() in ("none", "static"):
+        return None
+    parts = _ints(text, ":", "--batch")
+    if len(parts) != 3:
+        raise ConfigError(f"--batch {text!r}: expected MIN:OPT:MAX, e.g. 1:8:32, or 'none'")
+    return parts  # type: ignore[return-value]
+
+
+def parse_batch_dims(text: str | None) -> tuple[int | None, ...] | None:
+    if text is None:
+        return None
+    return tuple(None if p.strip().lower() in ("none", "-", "") else int(p) for p in text.split(","))
+
+
+def parse_dynamic(items: Sequence[str]) -> dict[int, dict[int, Any]] | None:
+    """``INPUT:DIM=MIN:OPT:MAX`` or ``INPUT:DIM=NAME:MIN:OPT:MAX``."""
+    out: dict[int, dict[int, Any]] = {}
+    for item in items:
+        where, eq, rng = item.partition("=")
+        try:
+            i, d = (int(x) for x in where.split(":"))
+            parts = rng.split(":")
+            spec: Any = tuple(int(x) for x in parts) if len(parts) == 3 else (parts[0], *(int(x) for x in parts[1:]))
+        except ValueError:
+            raise ConfigError(f"--dynamic {item!r}: expected INPUT:DIM=MIN:OPT:MAX, e.g. 0:1=20:1000:2000") from None
+        if not eq or len(spec) not in (3, 4):
+            raise ConfigError(f"--dynamic {item!r}: expected INPUT:DIM=MIN:OPT:MAX")
+        out.setdefault(i, {})[d] = spec
+    return out or None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fxtrt", description="PyTorch → dynamic-batch ONNX that matches the original.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="compile a model to ONNX and verify it")
+    c.add_argument("spec", help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
+    c.add_argument("--input", action="append", required=True, metavar="SHAPE[:DTYPE]",
+                   help="an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs")
+    c.add_argument("--batch", default="1:8:32", help="MIN:OPT:MAX batch sizes to serve, or 'none' (default 1:8:32)")
+    c.add_argument("--batch-dims", help="per input, the batch dim or 'none', e.g. 1,1 (default 0 for all)")
+    c.add_argument("--dynamic", action="append", default=[], metavar="I:D=MIN:OPT:MAX",
+                   help="another dynamic dim, e.g. 0:1=20:1000:2000 (repeatable)")
+    c.add_argument("--out", help="artifact directory (default: a new temporary directory)")
+    c.add_argument("--opset", type=int, default=17)
+    c.add_argument("--atol", type=float, default=1e-4)
+    c.add_argument("--rtol", type=float, default=1e-3)
+    c.add_argument("--no-verify", action="store_true", help="skip the check against the original (not recommended)")
+    c.add_argument("--seed", type=int, default=0, help="seed for the random weights and example inputs")
+    return parser
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from fxtrt.api import compile as fxtrt_compile
+    from fxtrt.frontend.model_spec import load_model, parse_input
+
+    torch.manual_seed(args.seed)
+    model = load_model(args.spec)
+    gen = torch.Generator().manual_seed(args.seed)
+    inputs = tuple(parse_input(t, gen) for t in args.input)
+    compiled = fxtrt_compile(
+        model, inputs, batch=parse_batch(args.batch), batch_dims=parse_batch_dims(args.batch_dims),
+        dynamic=parse_dynamic(args.dynamic), out_dir=args.out, opset=args.opset,
+        atol=args.atol, rtol=args.rtol, verify=not args.no_verify,
+    )
+    print(compiled.report.to_text())
+    print(f"\nartifacts written to {compiled.onnx_path.parent}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("fxtrt").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        if args.command == "compile":
+            return _compile(args)
+    except FxtrtError as exc:
+        print(f"fxtrt: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Map graph nodes and exceptions back to the user's own ``file:line``.
+
+torch.export records a ``stack_trace`` on every node. Its innermost frame is often inside
+``torch/nn/modules`` (a Linear's ``F.linear``); the user wants the line of *their* model that
+called it, so library frames are skipped.
+"""
+from __future__ import annotations
+
+import linecache
+import os
+import re
+import traceback
+from dataclasses import dataclass
+from types import TracebackType
+
+import torch.fx
+
+_FRAME_RE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+# Frames inside these directories are library code, never the line a user wants to see.
+_LIBRARY_DIRS = tuple(
+    os.sep + os.path.join(*parts) + os.sep
+    for parts in (("torch",), ("fxtrt", "frontend"), ("fxtrt", "passes"), ("fxtrt", "backend"))
+)
+_SITE_MARKERS = ("site-packages", "dist-packages")
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    file: str
+    line: int
+    code: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def _is_library(path: str) -> bool:
+    """Library frames: torch itself and the standard library; user packages stay user frames."""
+    if any(d in path for d in _LIBRARY_DIRS):
+        return True
+    return path.startswith("<") or (
+        f"{os.sep}lib{os.sep}python3" in path and not any(m in path for m in _SITE_MARKERS)
+    )
+
+
+def _pick(frames: list[tuple[str, int]]) -> SourceLocation | None:
+    if not frames:
+        return None
+    user = [f for f in frames if not _is_library(f[0])]
+    file, line = (user or frames)[-1]
+    return SourceLocation(file, line, linecache.getline(file, line).strip())
+
+
+def location_of(node: torch.fx.Node) -> SourceLocation | None:
+    """The innermost user frame in the node's recorded stack trace."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = [(m["file"], int(m["line"])) for m in _FRAME_RE.finditer(trace)]
+    return _pick(frames)
+
+
+def source_of(node: torch.fx.Node) -> str | None:
+    """``file:line`` of the user code that created ``node``, or None when unknown."""
+    loc = location_of(node)
+    return str(loc) if loc else None
+
+
+def location_of_traceback(tb: TracebackType | None) -> SourceLocation | None:
+    """The innermost user frame of an exception raised while tracing the user's model."""
+    frames = [(f.filename, f.lineno or 0) for f in traceback.extract_tb(tb)]
+    return _pick(frames)
+
+
+def module_path_of(node: torch.fx.Node) -> str | None:
+    """The dotted submodule path (``layer1.0.conv2``) that produced ``node``, if recorded."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return path or None

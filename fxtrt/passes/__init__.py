@@ -1,0 +1,59 @@
+"""Graph passes, in the one order they run by default.
+
+Each pass is one module here with one test file; see ``infra`` for the protocol. The registry
+below is the only place the order is written down.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from fxtrt.errors import ConfigError
+from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
+from fxtrt.passes.drop_shape_guards import drop_shape_guards
+from fxtrt.passes.fix_dtypes import fix_dtypes
+from fxtrt.passes.generalize_batch import generalize_batch
+from fxtrt.passes.infra import Change, PassContext, PassFn, PassResult
+
+REGISTRY: dict[str, PassFn] = {
+    "drop_shape_guards": drop_shape_guards,
+    "generalize_batch": generalize_batch,
+    "canonicalize_flatten": canonicalize_flatten,
+    "fix_dtypes": fix_dtypes,
+}
+
+# Without these the artifact would not serve the sizes it claims; they always run.
+REQUIRED = ("drop_shape_guards", "generalize_batch")
+
+
+def pass_name(p: str | Callable) -> str:
+    return p if isinstance(p, str) else getattr(p, "__name__", type(p).__name__)
+
+
+def resolve(passes: Sequence[str | Callable] | None) -> list[tuple[str, PassFn]]:
+    """Names and callables in run order; required passes are added in front if missing."""
+    if passes is None:
+        return list(REGISTRY.items())
+    chosen: list[tuple[str, PassFn]] = []
+    for p in passes:
+        if isinstance(p, str):
+            if p not in REGISTRY:
+                raise ConfigError(f"passes: unknown pass {p!r}", hint=f"registered passes: {', '.join(REGISTRY)}")
+            chosen.append((p, REGISTRY[p]))
+        else:
+            chosen.append((pass_name(p), p))
+    names = [n for n, _ in chosen]
+    missing = [(n, REGISTRY[n]) for n in REQUIRED if n not in names]
+    return missing + chosen
+
+
+def describe() -> list[tuple[str, str]]:
+    """(name, one-line doc) for each registered pass, in order."""
+    out = []
+    for name, fn in REGISTRY.items():
+        doc = (fn.__doc__ or "").strip().splitlines()
+        mod_doc = (__import__(fn.__module__, fromlist=["_"]).__doc__ or "").strip().splitlines()
+        out.append((name, (mod_doc or doc or [""])[0]))
+    return out
+
+
+__all__ = ["REGISTRY", "REQUIRED", "Change", "PassContext", "PassResult", "describe", "resolve", "pass_name"]

@@ -1,0 +1,54 @@
+"""Give reshapes constant target shapes, so ONNX gets one Reshape and no shape arithmetic.
+
+``x.view(x.size(0), -1)`` exports as Shape → Gather → Unsqueeze → Concat → Reshape: the batch
+is read from the tensor at run time just to be copied back. When exactly one output dim of a
+reshape is dynamic, that dim can be ``-1`` and every other dim a constant (the seed's
+``x.view(-1, int(x.size(1) * x.size(2) * x.size(3)))``), and ONNX gets a constant shape.
+
+Before:  view(relu, [batch, -1])                  (ONNX: Shape, Gather, Unsqueeze, Concat, Reshape)
+After:   view(relu, [-1, 2048])                   (ONNX: Reshape with a constant shape)
+
+Shufflenet's ``view(b, g, c // g, h, w)`` becomes ``view(-1, g, c // g, h, w)`` the same way.
+Which dims are dynamic comes from the traces (``meta["fxtrt_shapes"]``, set by
+generalize_batch), so the pass never guesses.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+
+aten = torch.ops.aten
+
+RESHAPES = frozenset({aten.view.default, aten.reshape.default, aten._unsafe_view.default})
+
+
+def dynamic_positions(node: torch.fx.Node) -> list[int] | None:
+    """Output dims whose size differs between the traces; None when unknown."""
+    shapes = node.meta.get("fxtrt_shapes")
+    if not shapes or any(s is None for s in shapes) or len({len(s) for s in shapes}) != 1:
+        return None
+    return [d for d in range(len(shapes[0])) if len({s[d] for s in shapes}) > 1]
+
+
+def canonicalize_flatten(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+    changes = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in RESHAPES:
+            continue
+        sizes = node.args[1]
+        if not any(isinstance(s, torch.fx.Node) for s in sizes):
+            continue
+        dynamic = dynamic_positions(node)
+        if dynamic is None or len(dynamic) != 1:
+            continue
+        static_shape = node.meta["fxtrt_shapes"][0]
+        new_sizes = [-1 if d in dynamic else int(static_shape[d]) for d in range(len(static_shape))]
+        before = call_text(node)
+        node.args = (node.args[0], new_sizes, *node.args[2:])
+        changes.append(change(node, before, call_text(node), "dynamic dim as -1, others constant"))
+    if changes:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return PassResult(gm, changes)

@@ -1,0 +1,355 @@
+"""Turn every literal that changed with the batch (or another dynamic dim) into an expression.
+
+torch.export at concrete sizes bakes ``x.size(0)`` (and ``int(x.size(0))``) into the graph as a
+plain int. The frontend traced the model at two sizes per dynamic dim; aligning the traces
+node by node shows exactly which literals followed the size, and two points fix ``a*B + c``.
+With several dims the traces cover every corner, which fixes multilinear terms (``a*B*T``).
+
+Before (traced at B=2 and B=3):   view(conv, [2, -1])      view(conv, [3, -1])
+After:                            B = sym_size(x, 0);  view(conv, [B, -1])
+
+Works wherever the batch sits inside the graph (``view(T, B*H, D)`` in seq-first attention
+fits ``a = H``). A trace whose structure differs between sizes (a Python loop over samples), or
+whose sizes come from tensor values (``.item()``, ``.tolist()``), raises GeneralizationError at
+the user's line: fxtrt never hands back a graph that is silently baked to one size.
+"""
+from __future__ import annotations
+
+import itertools
+import operator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+from fxtrt.errors import GeneralizationError
+from fxtrt.frontend.source import source_of
+from fxtrt.passes.drop_shape_guards import is_shape_guard
+from fxtrt.passes.infra import Change, PassContext, PassResult, call_text, change, fmt
+from fxtrt.settings import DynamicDim
+
+aten = torch.ops.aten
+
+VALUE_DEPENDENT = frozenset({aten._local_scalar_dense.default, aten.item.default})
+
+
+@dataclass(frozen=True)
+class Expr:
+    """``sum(coef * prod(dims))`` over subsets of the dynamic dims; the empty subset is the constant."""
+
+    terms: tuple[tuple[tuple[str, ...], Fraction], ...]
+
+    def __str__(self) -> str:
+        parts = []
+        for dims, c in self.terms:
+            if c == 0:
+                continue
+            mono = "*".join(dims)
+            if not dims:
+                parts.append(str(c))
+            elif c == 1:
+                parts.append(mono)
+            else:
+                parts.append(f"{c}*{mono}")
+        return " + ".join(parts).replace("+ -", "- ") or "0"
+
+    @property
+    def is_integral(self) -> bool:
+        return all(c.denominator == 1 for _, c in self.terms)
+
+    @property
+    def is_constant(self) -> bool:
+        return all(not dims or c == 0 for dims, c in self.terms)
+
+
+def fit(dims: Sequence[str], points: Sequence[dict[str, int]], values: Sequence[Any]) -> Expr | None:
+    """The multilinear expression through (point, value) pairs; None if it does not exist.
+
+    With 2 sizes per dim on every corner of the grid the system is square and exactly solvable.
+    """
+    subsets = [s for r in range(len(dims) + 1) for s in itertools.combinations(dims, r)]
+    rows = [[Fraction(_prod(p[d] for d in s)) for s in subsets] + [Fraction(v)] for p, v in zip(points, values)]
+    n = len(subsets)
+    # Gauss-Jordan elimination over the rationals: exact, tiny (n = 2**k).
+    r = 0
+    for col in range(n):
+        pivot = next((i for i in range(r, len(rows)) if rows[i][col] != 0), None)
+        if pivot is None:
+            continue
+        rows[r], rows[pivot] = rows[pivot], rows[r]
+        rows[r] = [x / rows[r][col] for x in rows[r]]
+        for i in range(len(rows)):
+            if i != r and rows[i][col] != 0:
+                f = rows[i][col]
+                rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
+        r += 1
+    if r < n or any(all(x == 0 for x in row[:-1]) and row[-1] != 0 for row in rows):
+        return None
+    return Expr(tuple((s, rows[i][-1]) for i, s in enumerate(subsets)))
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def _leaf_key(value: Any) -> Any:
+    """What must agree across traces for two leaves to be 'the same position'."""
+    if isinstance(value, torch.fx.Node):
+        return ("node", value.name)
+    if isinstance(value, bool) or value is None:
+        return ("const", value)
+    if isinstance(value, (int, float)):
+        return ("num",)
+    return ("const", repr(value))
+
+
+def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
+    v = node.meta.get("val")
+    return tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def _ops(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    return [n for n in gm.graph.nodes if not is_shape_guard(n)]
+
+
+class _Builder:
+    """Creates size expressions as graph nodes, once each, right after the placeholders."""
+
+    def __init__(self, gm: torch.fx.GraphModule, dims: Sequence[DynamicDim]) -> None:
+        self.gm = gm
+        self.graph = gm.graph
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        self.anchor = placeholders[-1]
+        self.syms: dict[str, torch.fx.Node] = {}
+        self.cache: dict[Any, torch.fx.Node] = {}
+        self.dims = {d.name: d for d in dims}
+        self.placeholders = placeholders
+
+    def _insert(self, target: Callable, args: tuple) -> torch.fx.Node:
+        with self.graph.inserting_after(self.anchor):
+            node = self.graph.call_function(target, args)
+        self.anchor = node
+        return node
+
+    def sym(self, name: str) -> torch.fx.Node:
+        if name not in self.syms:
+            i, axis = self.dims[name].sites[0]
+            node = self._insert(aten.sym_size.int, (self.placeholders[i], axis))
+            node.meta["fxtrt_dim"] = name
+            self.syms[name] = node
+        return self.syms[name]
+
+    def expr(self, e: Expr) -> Any:
+        """A node (or int) computing the integral expression ``e``."""
+        key = e.terms
+        if key in self.cache:
+            return self.cache[key]
+        total: Any = None
+        const = 0
+        for dims, c in e.terms:
+            if c == 0:
+                continue
+            if not dims:
+                const = int(c)
+                continue
+            term: Any = self.sym(dims[0])
+            for d in dims[1:]:
+                term = self._insert(operator.mul, (term, self.sym(d)))
+            if c != 1:
+                term = self._insert(operator.mul, (term, int(c)))
+            total = term if total is None else self._insert(operator.add, (total, term))
+        if total is None:
+            return const
+        if const:
+            total = self._insert(operator.add, (total, const))
+        self.cache[key] = total
+        return total
+
+    def inverse(self, numerator: float, dim: str) -> torch.fx.Node:
+        key = ("inv", numerator, dim)
+        if key not in self.cache:
+            self.cache[key] = self._insert(operator.truediv, (numerator, self.sym(dim)))
+        return self.cache[key]
+
+
+def _structure_error(ctx: PassContext, caps, i: int) -> GeneralizationError:
+    base, other = caps[0], caps[i]
+    a, b = _ops(base.gm), _ops(other.gm)
+    k = next((j for j, (x, y) in enumerate(zip(a, b)) if x.op != y.op or x.target != y.target), min(len(a), len(b)))
+    culprit = (b[k] if k < len(b) else a[k]) if k < max(len(a), len(b)) else a[-1]
+    where = f"traced at {base.sizes} the graph has {len(a)} nodes, at {other.sizes} it has {len(b)}"
+    detail = ""
+    if k < len(a) and k < len(b):
+        detail = f"; first difference: {call_text(a[k])} vs {call_text(b[k])}"
+    return GeneralizationError(
+        f"the graph's structure depends on the {_dim_word(base.sizes, other.sizes)} ({where}{detail})",
+        node=culprit.name,
+        source=source_of(culprit) or source_of(a[min(k, len(a) - 1)]),
+        hint="replace Python loops over samples or per-sample lists with batched tensor ops; "
+        "or compile a set of static-batch models instead",
+    )
+
+
+def _dim_word(a: dict[str, int], b: dict[str, int]) -> str:
+    changed = [k for k in a if a[k] != b.get(k)]
+    return " and ".join(f"size of '{c}'" if c != "batch" else "batch size" for c in changed) or "input size"
+
+
+def generalize_batch(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Replace size-following literals in ``gm`` (the base trace) with symbolic size expressions."""
+    dims = ctx.settings.dims
+    caps = ctx.captured.captures
+    if not dims or len(caps) < 2:
+        return PassResult(gm, [])
+    assert gm is caps[0].gm or len(_ops(gm)) == len(_ops(caps[0].gm)), "generalize_batch must run on the base trace"
+
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in VALUE_DEPENDENT:
+            raise GeneralizationError(
+                "a size or value is read from tensor contents (.item() / .tolist()), "
+                "so the graph depends on values fxtrt cannot make symbolic",
+                node=node.name, source=source_of(node),
+                hint="keep the computation in tensors (e.g. torch.where, masks) instead of Python numbers",
+            )
+
+    base_ops = _ops(gm)
+    others = [_ops(c.gm) for c in caps[1:]]
+    for i, ops in enumerate(others, start=1):
+        if len(ops) != len(base_ops) or any(x.op != y.op or x.target != y.target for x, y in zip(base_ops, ops)):
+            raise _structure_error(ctx, caps, i)
+
+    names = [d.name for d in dims]
+    points = [c.sizes for c in caps]
+    builder = _Builder(gm, dims)
+    changes: list[Change] = []
+
+    for j, node in enumerate(base_ops):
+        peers = [ops[j] for ops in others]
+        node.meta["fxtrt_shapes"] = [_shape(n) for n in (node, *peers)]
+        if node.op == "get_attr":
+            _generalize_constant(gm, node, peers, names, points, builder, changes)
+            continue
+        if node.op != "call_function":
+            continue
+        leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
+        peer_leaves = []
+        for p in peers:
+            pl, pspec = pytree.tree_flatten((p.args, p.kwargs))
+            if pspec != spec or [_leaf_key(x) for x in pl] != [_leaf_key(x) for x in leaves]:
+                raise GeneralizationError(
+                    f"node {node.name} takes differently shaped arguments at different sizes: "
+                    f"{call_text(node)} vs {call_text(p)}",
+                    node=node.name, source=source_of(node),
+                    hint="the model builds an argument list whose length follows the batch",
+                )
+            peer_leaves.append(pl)
+        new_leaves = list(leaves)
+        touched = False
+        for k, value in enumerate(leaves):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            values = [value] + [pl[k] for pl in peer_leaves]
+            if all(v == value for v in values):
+                continue
+            new_leaves[k] = _symbolic(node, values, names, points, builder)
+            touched = True
+        if touched:
+            before = call_text(node)
+            node.args, node.kwargs = pytree.tree_unflatten(new_leaves, spec)
+            changes.append(change(node, before, call_text(node), "size-following literal made symbolic"))
+
+    gm.graph.lint()
+    gm.recompile()
+    return PassResult(gm, changes)
+
+
+def _symbolic(node: torch.fx.Node, values: list[Any], names, points, builder: _Builder) -> Any:
+    if all(isinstance(v, int) for v in values):
+        e = fit(names, points, values)
+        if e is not None and e.is_integral:
+            return builder.expr(e)
+    # A float that is c / size (a mean over the batch computed in Python).
+    for name in names:
+        prods = [v * p[name] for v, p in zip(values, points)]
+        if all(abs(x - prods[0]) <= 1e-9 * max(1.0, abs(prods[0])) for x in prods):
+            return builder.inverse(float(prods[0]), name)
+    e = fit(names, points, [Fraction(v).limit_denominator(10**6) for v in values])
+    if e is not None and e.is_integral:
+        return builder.expr(e)
+    shown = ", ".join(f"{v!r} at {p}" for v, p in zip(values, points))
+    raise GeneralizationError(
+        f"a literal in {node.name} follows the input size in a way fxtrt cannot express ({shown})",
+        node=node.name, source=source_of(node),
+        hint="compute this value with tensor ops on x.shape, or make that dim static",
+    )
+
+
+def _generalize_constant(gm, node, peers, names, points, builder: _Builder, changes: list[Change]) -> None:
+    """A constant tensor whose length follows a size: rebuild it from a slice, or fail loudly."""
+    value = _get_attr(gm, node.target) if _has_attr(gm, node.target) else None
+    if not isinstance(value, torch.Tensor):
+        return
+    peer_values = [_get_attr(p.graph.owning_module, p.target) for p in peers]
+    if all(isinstance(v, torch.Tensor) and v.shape == value.shape and torch.equal(v, value) for v in peer_values):
+        return
+    shapes = [tuple(value.shape)] + [tuple(v.shape) for v in peer_values]
+    if len({len(s) for s in shapes}) != 1:
+        raise GeneralizationError(f"constant {node.target} changes rank with the input size",
+                                  node=node.name, source=_first_user_source(node))
+    varying = [d for d in range(value.dim()) if len({s[d] for s in shapes}) > 1]
+    if len(varying) == 1:
+        first = value.narrow(varying[0], 0, 1)
+        repeated = all(
+            torch.equal(v, v.narrow(varying[0], 0, 1).expand_as(v)) and torch.equal(v.narrow(varying[0], 0, 1), first)
+            for v in [value, *peer_values]
+        )
+        if repeated:
+            d = varying[0]
+            size_expr = fit(names, points, [s[d] for s in shapes])
+            if size_expr is not None and size_expr.is_integral:
+                slice_name = f"{node.target.replace('.', '_')}_row"
+                gm.register_buffer(slice_name, first.clone(), persistent=False)
+                sizes = list(value.shape)
+                sizes[d] = builder.expr(size_expr)
+                with gm.graph.inserting_after(node):
+                    row = gm.graph.get_attr(slice_name)
+                with gm.graph.inserting_after(row):
+                    expanded = gm.graph.call_function(aten.expand.default, (row, sizes))
+                node.replace_all_uses_with(expanded)
+                expanded.meta = dict(node.meta)
+                changes.append(change(node, f"constant {node.target} of shape {list(value.shape)}",
+                                      f"expand({slice_name}, {fmt(sizes)})",
+                                      "constant whose length follows the size rebuilt from one slice"))
+                return
+    raise GeneralizationError(
+        f"constant tensor {node.target} (shape {list(value.shape)}) holds values that change with the input size",
+        node=node.name, source=_first_user_source(node),
+        hint="build it with tensor ops (torch.arange, expand) from x.shape instead of from a Python list",
+    )
+
+
+def _first_user_source(node: torch.fx.Node) -> str | None:
+    return source_of(node) or next((source_of(u) for u in node.users if source_of(u)), None)
+
+
+def _has_attr(gm: torch.nn.Module, target: Any) -> bool:
+    if not isinstance(target, str):
+        return False
+    try:
+        _get_attr(gm, target)
+        return True
+    except AttributeError:
+        return False
+
+
+def _get_attr(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

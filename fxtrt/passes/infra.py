@@ -1,0 +1,83 @@
+"""The pass protocol: ``pass(gm, ctx) -> PassResult``.
+
+A pass is a function (or a small callable class) that rewrites a GraphModule in place and says
+what it changed. ``PassResult.changes`` feeds the report and the debug dumps; "modified" is just
+``bool(changes)``. A pass never reads global state and never prints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch.fx
+
+from fxtrt.frontend.capture import CapturedGraph
+from fxtrt.frontend.source import source_of
+from fxtrt.settings import Settings
+
+
+@dataclass(frozen=True)
+class Change:
+    """One rewrite: which node, where in the user's code, and what became what."""
+
+    node: str
+    before: str
+    after: str
+    source: str | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "source": self.source, "before": self.before,
+                "after": self.after, "note": self.note}
+
+
+@dataclass
+class PassResult:
+    gm: torch.fx.GraphModule
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def modified(self) -> bool:
+        return bool(self.changes)
+
+
+@dataclass
+class PassContext:
+    """What passes may read: the frozen settings and what the frontend learned."""
+
+    settings: Settings
+    captured: CapturedGraph
+
+
+class GraphPass(Protocol):
+    __name__: str
+
+    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult: ...
+
+
+def change(node: torch.fx.Node, before: str, after: str, note: str = "") -> Change:
+    """A Change for ``node``, with the user's source line taken from its metadata.
+
+    Weights and constants (get_attr) carry no stack trace; their first user's line stands in.
+    """
+    source = source_of(node) or next((s for u in node.users if (s := source_of(u))), None)
+    return Change(node.name, before, after, source, note)
+
+
+def fmt(value: Any) -> str:
+    """Short, stable text for node arguments in change records."""
+    if isinstance(value, torch.fx.Node):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(fmt(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    return repr(value)
+
+
+def call_text(node: torch.fx.Node) -> str:
+    target = getattr(node.target, "__name__", str(node.target))
+    args = ", ".join([fmt(a) for a in node.args] + [f"{k}={fmt(v)}" for k, v in node.kwargs.items()])
+    return f"{target}({args})"
+
+
+PassFn = Callable[[torch.fx.GraphModule, PassContext], PassResult]

@@ -1,0 +1,276 @@
+"""compile()'s arguments, validated once into one frozen object that every stage reads.
+
+Bad values fail here, before any work, with the argument's name in the message.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from fxtrt.errors import ConfigError
+
+TARGETS = ("onnx",)
+PRECISIONS = ("fp32",)
+BATCH_NAME = "batch"
+
+
+@dataclass(frozen=True)
+class DynamicDim:
+    """One symbolic size: its ONNX name, its range, and every (input, dim) that carries it."""
+
+    name: str
+    min: int
+    opt: int
+    max: int
+    sites: tuple[tuple[int, int], ...]
+    example: int
+
+    @property
+    def is_batch(self) -> bool:
+        return self.name == BATCH_NAME
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "min": self.min, "opt": self.opt, "max": self.max,
+                "sites": [list(s) for s in self.sites], "example": self.example}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a compile run needs to know, fixed before the run starts."""
+
+    dims: tuple[DynamicDim, ...]
+    input_names: tuple[str, ...]
+    opset: int = 17
+    target: str = "onnx"
+    precision: str = "fp32"
+    passes: tuple[str | Callable, ...] | None = None
+    verify: bool = True
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    out_dir: Path | None = None
+    external_data_threshold: int = 2 * 1024**3 - 64 * 1024**2
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> DynamicDim | None:
+        return next((d for d in self.dims if d.is_batch), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dims": [d.to_dict() for d in self.dims],
+            "input_names": list(self.input_names),
+            "opset": self.opset, "target": self.target, "precision": self.precision,
+            "passes": None if self.passes is None else [p if isinstance(p, str) else getattr(p, "__name__", repr(p)) for p in self.passes],
+            "verify": self.verify, "atol": self.atol, "rtol": self.rtol,
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+        }
+
+
+def normalize_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """A tensor or a tuple/list of tensors, as a tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+        isinstance(t, torch.Tensor) for t in example_inputs
+    ):
+        return tuple(example_inputs)
+    raise ConfigError(
+        f"example_inputs must be a torch.Tensor or a non-empty tuple of tensors, got {_describe(example_inputs)}",
+        hint="pass e.g. torch.randn(1, 3, 224, 224) or (ids, mask)",
+    )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of ({', '.join(type(v).__name__ for v in value)})"
+    return type(value).__name__
+
+
+def input_names_of(model: torch.nn.Module, n: int) -> tuple[str, ...]:
+    """Names of forward's positional parameters, so ONNX inputs read like the model's code."""
+    try:
+        params = [
+            p for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[:n]]
+    if len(names) < n or len(set(names)) < n:
+        names = [f"input_{i}" for i in range(n)]
+    return tuple(names)
+
+
+def _range(arg: str, value: Any) -> tuple[int, int, int]:
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ConfigError(f"{arg} must be a (min, opt, max) tuple of ints, got {value!r}")
+    lo, opt, hi = value
+    if lo < 1:
+        raise ConfigError(f"{arg}: min must be >= 1, got {lo}")
+    if not lo <= opt <= hi:
+        raise ConfigError(f"{arg}: need min <= opt <= max, got {tuple(value)}",
+                          hint="e.g. (1, 8, 32)")
+    return lo, opt, hi
+
+
+def _check_dim(arg: str, inputs: Sequence[torch.Tensor], i: int, d: int) -> None:
+    if not 0 <= i < len(inputs):
+        raise ConfigError(f"{arg}: input index {i} out of range; the model has {len(inputs)} input(s)")
+    rank = inputs[i].dim()
+    if not 0 <= d < rank:
+        raise ConfigError(
+            f"{arg}: dim {d} is out of range for input {i} of shape {tuple(inputs[i].shape)} (rank {rank})",
+            hint=f"use a dim in 0..{rank - 1}, or None for an input without a batch",
+        )
+
+
+def make_dims(
+    inputs: Sequence[torch.Tensor],
+    batch: Any,
+    batch_dims: Any,
+    dynamic: Any,
+) -> tuple[DynamicDim, ...]:
+    """Validate batch / batch_dims / dynamic into named dims; batch first."""
+    dims: list[DynamicDim] = []
+    if batch is not None:
+        lo, opt, hi = _range("batch", batch)
+        if batch_dims is None:
+            batch_dims = (0,) * len(inputs)
+        if isinstance(batch_dims, int) and not isinstance(batch_dims, bool):
+            batch_dims = (batch_dims,) * len(inputs)
+        if not isinstance(batch_dims, (tuple, list)) or len(batch_dims) != len(inputs):
+            raise ConfigError(
+                f"batch_dims must give one entry (int or None) per input: {len(inputs)} expected, got {batch_dims!r}"
+            )
+        sites = []
+        for i, d in enumerate(batch_dims):
+            if d is None:
+                continue
+            if not isinstance(d, int) or isinstance(d, bool):
+                raise ConfigError(f"batch_dims[{i}] must be an int or None, got {d!r}")
+            _check_dim("batch_dims", inputs, i, d if d >= 0 else d + inputs[i].dim())
+            sites.append((i, d % inputs[i].dim()))
+        if not sites:
+            raise ConfigError("batch_dims marks no input as carrying the batch",
+                              hint="give at least one input a batch dim, or pass batch=None for a static model")
+        sizes = {int(inputs[i].shape[d]) for i, d in sites}
+        if len(sizes) != 1:
+            raise ConfigError(f"the inputs disagree on the example batch size: {sorted(sizes)} at batch_dims {batch_dims!r}")
+        dims.append(DynamicDim("batch", lo, opt, hi, tuple(sites), sizes.pop()))
+    elif batch_dims is not None:
+        raise ConfigError("batch_dims was given but batch=None (static model)",
+                          hint="pass batch=(min, opt, max) to make the batch dynamic")
+
+    if dynamic:
+        if not isinstance(dynamic, Mapping):
+            raise ConfigError(f"dynamic must be a mapping {{input: {{dim: (min, opt, max)}}}}, got {dynamic!r}")
+        taken = {s for d in dims for s in d.sites}
+        groups: dict[Any, dict[str, Any]] = {}
+        for i, per_dim in sorted(dynamic.items()):
+            if not isinstance(i, int) or not isinstance(per_dim, Mapping):
+                raise ConfigError(f"dynamic must map an input index to {{dim: (min, opt, max)}}, got {i!r}: {per_dim!r}")
+            for d, spec in sorted(per_dim.items()):
+                _check_dim("dynamic", inputs, i, d)
+                if (i, d) in taken:
+                    raise ConfigError(f"dynamic: input {i} dim {d} is already the batch dim")
+                name = None
+                if isinstance(spec, (tuple, list)) and len(spec) == 4 and isinstance(spec[0], str):
+                    name, spec = spec[0], tuple(spec[1:])
+                rng = _range(f"dynamic[{i}][{d}]", spec)
+                size = int(inputs[i].shape[d])
+                # Unnamed dims with the same range and example size are one symbol (x: 1xTx80, mask: 1x1xT).
+                key = name or (rng, size)
+                g = groups.setdefault(key, {"name": name, "range": rng, "sites": [], "size": size})
+                if g["range"] != rng or g["size"] != size:
+                    raise ConfigError(f"dynamic dim {name!r} is given different ranges or example sizes")
+                g["sites"].append((i, d))
+        used = {"batch"}
+        for g in groups.values():
+            name = g["name"] or f"{_base_name(inputs, g['sites'][0])}"
+            if name in used:
+                raise ConfigError(f"dynamic dim name {name!r} is used twice")
+            used.add(name)
+            lo, opt, hi = g["range"]
+            dims.append(DynamicDim(name, lo, opt, hi, tuple(g["sites"]), g["size"]))
+    return tuple(dims)
+
+
+def _base_name(inputs: Sequence[torch.Tensor], site: tuple[int, int]) -> str:
+    return f"dim{site[0]}_{site[1]}"
+
+
+def check_out_dir(out_dir: Any) -> Path | None:
+    """Fail now, not after a long compile, if artifacts could not be written."""
+    if out_dir is None:
+        return None
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise ConfigError(f"out_dir must be a path, got {type(out_dir).__name__}")
+    path = Path(out_dir).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"out_dir {path} exists and is not a directory")
+    parent = path if path.exists() else next((p for p in path.parents if p.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"out_dir {path} is not writable", hint="choose a directory you can write to")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"out_dir {path} is not writable: {exc}") from None
+    return path
+
+
+def make_settings(
+    model: Any,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    batch: Any,
+    batch_dims: Any,
+    dynamic: Any,
+    out_dir: Any,
+    opset: Any,
+    target: Any,
+    precision: Any,
+    passes: Any,
+    verify: Any,
+    atol: Any,
+    rtol: Any,
+    targets: Sequence[str] = TARGETS,
+    precisions: Sequence[str] = PRECISIONS,
+    **extra: Any,
+) -> Settings:
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}",
+                          hint="wrap a function in an nn.Module whose forward calls it")
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 11 <= opset <= 23:
+        raise ConfigError(f"opset must be an int in 11..23, got {opset!r}", hint="17 is the recommended default")
+    if target not in targets:
+        raise ConfigError(f"target={target!r} is not supported; choose one of {list(targets)}")
+    if precision not in precisions:
+        raise ConfigError(f"precision={precision!r} is not supported; choose one of {list(precisions)}")
+    for name, tol in (("atol", atol), ("rtol", rtol)):
+        if not isinstance(tol, (int, float)) or isinstance(tol, bool) or tol < 0:
+            raise ConfigError(f"{name} must be a non-negative number, got {tol!r}")
+    if passes is not None:
+        if isinstance(passes, (str, bytes)) or not isinstance(passes, Sequence):
+            raise ConfigError(f"passes must be a list of pass names or callables, got {passes!r}")
+        for p in passes:
+            if not (isinstance(p, str) or callable(p)):
+                raise ConfigError(f"passes: {p!r} is neither a registered pass name nor a callable")
+        passes = tuple(passes)
+    return Settings(
+        dims=make_dims(inputs, batch, batch_dims, dynamic),
+        input_names=input_names_of(model, len(inputs)),
+        opset=opset, target=target, precision=precision, passes=passes,
+        verify=bool(verify), atol=float(atol), rtol=float(rtol),
+        out_dir=check_out_dir(out_dir), extra=dict(extra),
+    )
