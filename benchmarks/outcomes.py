@@ -55,12 +55,15 @@ def check_output(got: np.ndarray, want: np.ndarray, tol: Tolerance) -> OutputChe
     """Compare one ONNX output with the eager output: shape, dtype kind, then values."""
     if got.shape != want.shape:
         return OutputCheck(False, None, None, f"shape {list(got.shape)} != eager {list(want.shape)}")
-    if want.dtype.kind in "biu" or got.dtype.kind in "biu":
-        mismatched = int(np.count_nonzero(got.astype(np.float64) != want.astype(np.float64)))
-        err = 0.0 if mismatched == 0 else 1.0
-        return OutputCheck(mismatched == 0, err, err, f"{mismatched} elements differ" if mismatched else "")
     got64 = got.astype(np.float64)
     want64 = want.astype(np.float64)
+    if want.dtype.kind in "biu" or got.dtype.kind in "biu":
+        diff = np.abs(got64 - want64)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(want64).max()) if diff.size else 0.0
+        mismatched = int(np.count_nonzero(diff))
+        reason = f"{mismatched} integer/bool elements differ" if mismatched else ""
+        return OutputCheck(mismatched == 0, max_abs, max_abs / scale if scale else max_abs, reason)
     same_nan = np.isnan(got64) == np.isnan(want64)
     if not same_nan.all():
         return OutputCheck(False, float("nan"), float("nan"), "NaN where eager has none (or vice versa)")

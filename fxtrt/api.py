@@ -13,7 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from fxtrt.artifacts import ArtifactDir
-from fxtrt.backend.cleanup import cleanup
+from fxtrt.backend.cleanup import cleanup, save_onnx
 from fxtrt.backend.emit import dim_names, emit_onnx
 from fxtrt.backend.verify import TorchRunner, VerifyRow, raise_on_failure, run_comparison
 from fxtrt.errors import ConfigError, EmitError, FxtrtError, PassError
@@ -149,7 +149,7 @@ def compile(
             _check_dynamic(cleaned.model, captured, settings)
             report.io = dim_names(cleaned.model)
             staged = stage.path / MODEL_FILE
-            _save(cleaned.model, staged, settings.external_data_threshold)
+            save_onnx(cleaned.model, staged, settings.external_data_threshold)
 
         if settings.verify:
             with _stage(report, "verify", 5, total):
@@ -165,19 +165,6 @@ def compile(
         report.write(stage.path / REPORT_FILE)
     log.info("artifacts in %s", stage.final)
     return CompiledModel(onnx_path, report, captured, settings)
-
-
-def _save(model: onnx.ModelProto, path: Path, threshold: int) -> None:
-    """Models past the protobuf limit keep their weights in ``model.onnx.data`` beside them."""
-    try:
-        size = model.ByteSize()
-    except Exception:
-        size = threshold
-    if size >= threshold:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
 
 
 def _check_dynamic(model: onnx.ModelProto, captured: CapturedGraph, settings: Settings) -> None:

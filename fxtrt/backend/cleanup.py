@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 import onnx.shape_inference
@@ -72,3 +73,12 @@ def _simplify(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
         notes.append("onnxsim could not validate its result; the unsimplified model was kept")
         return model
     return simplified
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, threshold: int = PROTOBUF_LIMIT) -> None:
+    """Models past ``threshold`` bytes keep their weights in ``<name>.data`` beside the file."""
+    if _byte_size(model) >= threshold:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))

@@ -199,6 +199,11 @@ class _Graph:
         self.names = [n.name or f"<{n.op_type} #{i}>" for i, n in enumerate(self.nodes)]
         self.by_name = {name: i for i, name in enumerate(self.names)}
         self.producer = {v: i for i, n in enumerate(self.nodes) for v in n.output if v}
+        self.readers: dict[str, list[tuple[int, int]]] = {}
+        for i, n in enumerate(self.nodes):
+            for j, v in enumerate(n.input):
+                if v:
+                    self.readers.setdefault(v, []).append((i, j))
         self.compared = [v for i, n in enumerate(self.nodes) if i not in self.const_nodes
                          for v in n.output if v and v in self.types]
         # Per node: float32 slots required by the ONNX schema, and the rule that keeps it fp32.
@@ -244,7 +249,7 @@ class _Graph:
         fin = {j for j in float_in if no_fp16(schema.inputs, j)}
         fout = {j for j in float_out if no_fp16(schema.outputs, j)}
         if node.op_type in fp32_ops:
-            return fin, fout, ("op_type", f"{node.op_type} is numerically sensitive (kept fp32 by default)")
+            return fin, fout, ("op_type", f"{node.op_type} is numerically sensitive (in fp32_ops)")
         if fin == set(float_in) and fout == set(float_out):
             return fin, fout, ("schema", f"ONNX {node.op_type} has no float16 type for its float operands")
         for j in float_in:
@@ -433,14 +438,15 @@ class _Emitter:
                 self._emit_node(i, node)
 
         for v, want in self.out_kind.items():
+            if self.emulate and want == FP32:
+                self.get(v, want)  # an alias of the rounded value, no node
             have = self.names.get((v, want))
             if have == v:
                 continue
-            if have is None and not (self.emulate and want == FP32):
+            if have is None:
                 self._cast_nodes(self.names[(v, FP16 if want == FP32 else FP32)], want, v)
             else:
-                self.nodes.append(helper.make_node("Identity", [self.get(v, want)], [v],
-                                                   name=self.fresh(f"{v}__identity")))
+                self.nodes.append(helper.make_node("Identity", [have], [v], name=self.fresh(f"{v}__identity")))
             self.names[(v, want)] = v
             self.value_kinds[v] = want
 
@@ -487,7 +493,7 @@ class _Emitter:
                 data = half.astype(np.float32) if self.emulate else half
             else:
                 data = arr
-            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(data), name))
+            self.inits.append(numpy_helper.from_array(np.asarray(data), name))
             self.names[(v, kind)] = name
             self.value_kinds[name] = FP32 if self.emulate else kind
 
@@ -708,23 +714,55 @@ def _divergence(
     rtol: float,
     next_round: int,
 ) -> tuple[list[str], list[KeptNode]]:
-    """Values where divergence starts, and the nodes to keep in fp32 for them."""
+    """Values where divergence starts, and the nodes to keep in fp32 for them.
+
+    A graph output diverges when it fails the elementwise check; an intermediate value when
+    its error exceeds ``atol + rtol * max|ref|`` over the whole tensor (elementwise, the
+    plain rounding of a large tensor's near-zero entries, amplified by a later Mul, would
+    count as divergence and keep harmless nodes), or when it overflows. Divergence starts at
+    a node whose output diverges while its inputs don't, or whose output overflows while
+    its inputs are finite.
+    """
+    outputs = set(graph.outputs)
     bad: dict[str, tuple[float, float, int]] = {}
     for r, g in zip(ref, got):
         for v in graph.compared:
             if v not in r or v not in g:
                 continue
-            max_abs, max_rel, nonfinite, ok = _compare(r[v], g[v], atol, rtol)
+            max_abs, max_rel, nonfinite, ok = _compare(r[v], g[v], atol, rtol, per_tensor=v not in outputs)
             if not ok:
                 prev = bad.get(v, (0.0, 0.0, 0))
                 bad[v] = (max(prev[0], max_abs), max(prev[1], max_rel), max(prev[2], nonfinite))
+    overflow = {v for v, (_, _, nonfinite) in bad.items() if nonfinite}
+
     first: list[str] = []
     new: dict[str, KeptNode] = {}
+    # A value beyond fp16's range is inf in fp16 wherever it is stored: its producer and every
+    # node reading it in fp16 must be fp32, all in this round.
+    for v in graph.compared:
+        peak = max((_finite_peak(r[v]) for r in ref if v in r), default=0.0)
+        if peak <= FP16_MAX or not graph.is_float(v):
+            continue
+        sites = [graph.producer[v]] + [i for i, j in graph.readers.get(v, ())
+                                        if graph.nodes[i].op_type not in _SHAPE_ONLY_OPS]
+        for i in sites:
+            if kinds[i] == FP16:
+                name = graph.names[i]
+                role = "produces" if i == graph.producer[v] else "reads"
+                new.setdefault(name, KeptNode(
+                    name, graph.nodes[i].op_type, graph._outs(i),
+                    f"{role} {v!r}, whose values reach {peak:g}, beyond fp16's largest value {FP16_MAX:g}",
+                    next_round, "diverged"))
     for i, node in enumerate(graph.nodes):
         outs = [v for v in node.output if v in bad]
-        if not outs or any(v in bad for v in node.input if v):
+        ins = [u for u in node.input if u]
+        if not outs:
             continue
-        v = outs[0]
+        starts = not any(u in bad for u in ins)
+        overflows = [v for v in outs if v in overflow and not any(u in overflow for u in ins)]
+        if not (starts or overflows):
+            continue
+        v = overflows[0] if overflows else outs[0]
         max_abs, max_rel, nonfinite = bad[v]
         what = (f"{nonfinite} value(s) overflow to inf/nan in fp16" if nonfinite else
                 f"max |err| {max_abs:.3g}, max rel err {max_rel:.3g}")
@@ -734,17 +772,42 @@ def _divergence(
             new.setdefault(name, KeptNode(name, node.op_type, graph._outs(i),
                                           f"fp16 diverges first at its output {v!r}: {what}", next_round, "diverged"))
             continue
-        # Already fp32 and its inputs pass, yet its output diverges: it amplifies their fp16 rounding.
-        for u in node.input:
-            j = graph.producer.get(u)
-            if j is None or not graph.is_float(u) or kinds[j] != FP16 or j in graph.const_nodes:
-                continue
+        # Already fp32 and its inputs pass, yet its output diverges: it amplifies the fp16
+        # rounding upstream, so keep the nearest fp16 nodes feeding it.
+        for j in _fp16_sources(graph, kinds, i):
             name = graph.names[j]
             new.setdefault(name, KeptNode(
                 name, graph.nodes[j].op_type, graph._outs(j),
-                f"feeds {graph.names[i]} ({node.op_type}, fp32), whose output {v!r} diverges from the fp16 rounding "
-                f"of {u!r}: {what}", next_round, "diverged"))
+                f"feeds {graph.names[i]} ({node.op_type}, fp32), whose output {v!r} amplifies the fp16 rounding "
+                f"upstream: {what}", next_round, "diverged"))
     return first, list(new.values())
+
+
+def _finite_peak(arr: np.ndarray) -> float:
+    arr = np.asarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+        return 0.0
+    finite = np.abs(arr[np.isfinite(arr)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _fp16_sources(graph: _Graph, kinds: Sequence[str], i: int) -> list[int]:
+    """The nearest fp16 nodes upstream of node ``i`` through float values (in graph order)."""
+    found: set[int] = set()
+    seen: set[int] = set()
+    stack = [i]
+    while stack:
+        k = stack.pop()
+        for u in graph.nodes[k].input:
+            j = graph.producer.get(u)
+            if j is None or j in seen or j in graph.const_nodes or not graph.is_float(u):
+                continue
+            seen.add(j)
+            if kinds[j] == FP16:
+                found.add(j)
+            else:
+                stack.append(j)
+    return sorted(found)
 
 
 def _precision_error(result: Fp16Result, why: str) -> PrecisionError:
@@ -807,11 +870,13 @@ def _run(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, np
     return {n: (r.astype(np.float32) if r.dtype == np.float16 else r) for n, r in zip(names, results)}
 
 
-def _compare(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> tuple[float, float, int, bool]:
+def _compare(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float,
+             per_tensor: bool = False) -> tuple[float, float, int, bool]:
     """(max |a-b|, max |a-b|/|ref|, non-finite count, passed) under ``|a-b| <= atol + rtol*|ref|``.
 
     Same rule as fxtrt.backend.verify: equal infinities and NaN against NaN match; any other
-    non-finite difference fails. Non-float tensors must be equal.
+    non-finite difference fails. Non-float tensors must be equal. ``per_tensor`` uses the
+    tensor's largest finite ``|ref|`` in place of each element's.
     """
     ref, out = np.asarray(ref), np.asarray(out)
     if ref.shape != out.shape:
@@ -829,7 +894,7 @@ def _compare(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> tupl
         diff = np.where(both_nan | same_inf, 0.0, np.abs(a - b))
     diff = np.where(np.isnan(diff), np.inf, diff)
     mag = np.where(np.isfinite(a), np.abs(a), 0.0)
-    ok = diff <= atol + rtol * mag
+    ok = diff <= atol + rtol * (mag.max() if per_tensor else mag)
     rel = diff / np.maximum(mag, np.finfo(np.float64).tiny)
     return float(diff.max()), float(rel.max()), nonfinite, bool(ok.all())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +115,11 @@ def capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings:
             log.debug("capturing at %s", sizes or "the example's shapes")
             # Grad mode stays on: under no_grad, nn.MultiheadAttention and TransformerEncoderLayer
             # take fused fast paths (_native_multi_head_attention) that ONNX cannot express.
-            ep = export_once(model, inputs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ep = export_once(model, inputs)
+            for w in {str(w.message) for w in caught}:
+                log.debug("torch.export: %s", w)
             out_spec = ep.call_spec.out_spec
             captures.append(Capture(sizes, _flat_module(ep), inputs))
     finally:

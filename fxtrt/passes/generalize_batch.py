@@ -98,10 +98,10 @@ def _prod(xs) -> int:
     return out
 
 
-def _leaf_key(value: Any) -> Any:
+def _leaf_key(value: Any, index: dict[torch.fx.Node, int]) -> Any:
     """What must agree across traces for two leaves to be 'the same position'."""
     if isinstance(value, torch.fx.Node):
-        return ("node", value.name)
+        return ("node", index.get(value, value.name))
     if isinstance(value, bool) or value is None:
         return ("const", value)
     if isinstance(value, (int, float)):
@@ -131,17 +131,25 @@ class _Builder:
         self.dims = {d.name: d for d in dims}
         self.placeholders = placeholders
 
-    def _insert(self, target: Callable, args: tuple) -> torch.fx.Node:
+    def call(self, target: Callable, args: tuple) -> torch.fx.Node:
         with self.graph.inserting_after(self.anchor):
             node = self.graph.call_function(target, args)
+        self.anchor = node
+        return node
+
+
+    def get_attr(self, name: str) -> torch.fx.Node:
+        with self.graph.inserting_after(self.anchor):
+            node = self.graph.get_attr(name)
         self.anchor = node
         return node
 
     def sym(self, name: str) -> torch.fx.Node:
         if name not in self.syms:
             i, axis = self.dims[name].sites[0]
-            node = self._insert(aten.sym_size.int, (self.placeholders[i], axis))
+            node = self.call(aten.sym_size.int, (self.placeholders[i], axis))
             node.meta["fxtrt_dim"] = name
+            node.meta["fxtrt_expr"] = name
             self.syms[name] = node
         return self.syms[name]
 
@@ -160,21 +168,23 @@ class _Builder:
                 continue
             term: Any = self.sym(dims[0])
             for d in dims[1:]:
-                term = self._insert(operator.mul, (term, self.sym(d)))
+                term = self.call(operator.mul, (term, self.sym(d)))
             if c != 1:
-                term = self._insert(operator.mul, (term, int(c)))
-            total = term if total is None else self._insert(operator.add, (total, term))
+                term = self.call(operator.mul, (term, int(c)))
+            total = term if total is None else self.call(operator.add, (total, term))
         if total is None:
             return const
         if const:
-            total = self._insert(operator.add, (total, const))
+            total = self.call(operator.add, (total, const))
+        total.meta["fxtrt_expr"] = str(e)
         self.cache[key] = total
         return total
 
     def inverse(self, numerator: float, dim: str) -> torch.fx.Node:
         key = ("inv", numerator, dim)
         if key not in self.cache:
-            self.cache[key] = self._insert(operator.truediv, (numerator, self.sym(dim)))
+            self.cache[key] = self.call(operator.truediv, (numerator, self.sym(dim)))
+            self.cache[key].meta["fxtrt_expr"] = f"{numerator!r}/{dim}"
         return self.cache[key]
 
 
@@ -228,20 +238,26 @@ def generalize_batch(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     points = [c.sizes for c in caps]
     builder = _Builder(gm, dims)
     changes: list[Change] = []
+    base_index = {n: i for i, n in enumerate(base_ops)}
+    peer_index = [{n: i for i, n in enumerate(ops)} for ops in others]
 
+    # Compare everything first, rewrite after: rewrites must not disturb the alignment.
+    rewrites: list[tuple[torch.fx.Node, list[Any], Any]] = []
+    constants: list[tuple[torch.fx.Node, list[torch.fx.Node]]] = []
     for j, node in enumerate(base_ops):
         peers = [ops[j] for ops in others]
         node.meta["fxtrt_shapes"] = [_shape(n) for n in (node, *peers)]
         if node.op == "get_attr":
-            _generalize_constant(gm, node, peers, names, points, builder, changes)
+            constants.append((node, peers))
             continue
         if node.op != "call_function":
             continue
         leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
+        keys = [_leaf_key(x, base_index) for x in leaves]
         peer_leaves = []
-        for p in peers:
+        for p, index in zip(peers, peer_index):
             pl, pspec = pytree.tree_flatten((p.args, p.kwargs))
-            if pspec != spec or [_leaf_key(x) for x in pl] != [_leaf_key(x) for x in leaves]:
+            if pspec != spec or [_leaf_key(x, index) for x in pl] != keys:
                 raise GeneralizationError(
                     f"node {node.name} takes differently shaped arguments at different sizes: "
                     f"{call_text(node)} vs {call_text(p)}",
@@ -260,9 +276,14 @@ def generalize_batch(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
             new_leaves[k] = _symbolic(node, values, names, points, builder)
             touched = True
         if touched:
-            before = call_text(node)
-            node.args, node.kwargs = pytree.tree_unflatten(new_leaves, spec)
-            changes.append(change(node, before, call_text(node), "size-following literal made symbolic"))
+            rewrites.append((node, new_leaves, spec))
+
+    for node, new_leaves, spec in rewrites:
+        before = call_text(node)
+        node.args, node.kwargs = pytree.tree_unflatten(new_leaves, spec)
+        changes.append(change(node, before, call_text(node), "size-following literal made symbolic"))
+    for node, peers in constants:
+        _generalize_constant(gm, node, peers, names, points, builder, changes)
 
     gm.graph.lint()
     gm.recompile()
@@ -317,11 +338,10 @@ def _generalize_constant(gm, node, peers, names, points, builder: _Builder, chan
                 gm.register_buffer(slice_name, first.clone(), persistent=False)
                 sizes = list(value.shape)
                 sizes[d] = builder.expr(size_expr)
-                with gm.graph.inserting_after(node):
-                    row = gm.graph.get_attr(slice_name)
-                with gm.graph.inserting_after(row):
-                    expanded = gm.graph.call_function(aten.expand.default, (row, sizes))
+                row = builder.get_attr(slice_name)
+                expanded = builder.call(aten.expand.default, (row, sizes))
                 node.replace_all_uses_with(expanded)
+                gm.graph.erase_node(node)
                 expanded.meta = dict(node.meta)
                 changes.append(change(node, f"constant {node.target} of shape {list(value.shape)}",
                                       f"expand({slice_name}, {fmt(sizes)})",

@@ -67,7 +67,7 @@ def change(node: torch.fx.Node, before: str, after: str, note: str = "") -> Chan
 def fmt(value: Any) -> str:
     """Short, stable text for node arguments in change records."""
     if isinstance(value, torch.fx.Node):
-        return value.name
+        return value.meta.get("fxtrt_expr", value.name)
     if isinstance(value, (list, tuple)):
         inner = ", ".join(fmt(v) for v in value)
         return f"[{inner}]" if isinstance(value, list) else f"({inner})"

@@ -256,6 +256,24 @@ def test_build_script_round_trips_every_engine_with_both_tools(seq_onnx: Path) -
             assert c.max == _shapes(spec, "max")
 
 
+def test_script_stops_before_building_when_the_tool_is_missing(img_onnx: Path) -> None:
+    """Run for real here, where there is no trtexec: a clear message, exit 127, no engine file."""
+    script = write_build_script(plan_engines(img_onnx, IMG_SPECS, {"batch": (1, 8, 32)}), img_onnx.parent)
+    env = {"PATH": "/usr/bin:/bin", "TRTEXEC": "trtexec-not-installed"}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, cwd="/")
+    assert done.returncode == 127 and "trtexec-not-installed not found" in done.stderr
+    assert not list(img_onnx.parent.glob("*.engine*"))
+    bad = subprocess.run(["bash", str(script)], env={**env, "FXTRT_BUILDER": "onnx"}, capture_output=True, text=True)
+    assert bad.returncode == 2 and "must be trtexec or polygraphy" in bad.stderr
+
+
+def test_file_names_with_spaces_are_quoted(tmp_path: Path) -> None:
+    path = _static_onnx(tmp_path / "my net $1.onnx", 2)
+    script = write_build_script(plan_buckets({2: path}, IMG_SPECS), tmp_path)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    assert [(c.onnx, c.engine) for c in parse_build_script(script)] == [("my net $1.onnx", "my net $1_b2.engine")] * 2
+
+
 def test_static_engines_get_no_shape_flags(tmp_path: Path) -> None:
     paths = {b: _static_onnx(tmp_path / f"net_b{b}.onnx", b) for b in (1, 8)}
     script = write_build_script(plan_buckets(paths, IMG_SPECS), tmp_path)

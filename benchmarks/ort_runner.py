@@ -1,0 +1,69 @@
+"""Run an exported ONNX file on ONNX Runtime's CPU provider and time it."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+
+class FeedError(RuntimeError):
+    """The ONNX graph's inputs cannot be matched to the model's inputs."""
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    warmup: int = 2
+    min_runs: int = 5
+    max_runs: int = 20
+    budget_s: float = 3.0
+
+
+def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session with a fixed thread count, so latencies compare across exporters."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def build_feed(
+    session: ort.InferenceSession, arrays: Sequence[np.ndarray], names: Sequence[str] | None
+) -> dict[str, np.ndarray]:
+    """Map graph inputs to arrays: by name when the exporter said which name is which, else by position.
+
+    A graph may drop an input the model never reads; that is fine.  A graph
+    input we cannot account for is a FeedError.
+    """
+    graph_inputs = [i.name for i in session.get_inputs()]
+    if names is not None and set(graph_inputs) <= set(names):
+        return {name: arrays[names.index(name)] for name in graph_inputs}
+    if len(graph_inputs) == len(arrays):
+        return dict(zip(graph_inputs, arrays))
+    raise FeedError(f"graph inputs {graph_inputs} do not match model inputs {list(names or [])}")
+
+
+def run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(out) for out in session.run(None, feed)]
+
+
+def median_latency_ms(session: ort.InferenceSession, feed: dict[str, np.ndarray], settings: LatencySettings) -> float:
+    """Median wall time of repeated runs; stops early once ``budget_s`` is spent (after ``min_runs``)."""
+    for _ in range(settings.warmup):
+        session.run(None, feed)
+    times = []
+    start = time.perf_counter()
+    while len(times) < settings.max_runs:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= settings.min_runs and time.perf_counter() - start > settings.budget_s:
+            break
+    return statistics.median(times) * 1e3

@@ -1,0 +1,130 @@
+"""Write the run's results: results.json (everything), results.csv (one row per cell), results.md (tables).
+
+Every file is written to a temporary name and renamed, so a reader never
+sees a half-written file, and an interrupted run leaves the last complete
+snapshot in place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.outcomes import Outcome
+
+CSV_COLUMNS = (
+    "model", "family", "exporter", "outcome", "max_abs_err", "max_rel_err", "onnx_nodes", "shape_ops",
+    "export_s", "ort_ms_b1", "ort_ms_b8", "peak_rss_mb", "export_rss_mb", "onnx_mb", "batches", "cell_s", "detail",
+)
+
+FIGURE_NAME = "fidelity.png"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def batches_text(row: dict[str, Any]) -> str:
+    """``1:ok 3:raised 8:raised 32:raised``."""
+    return " ".join(f"{b}:{v['status']}" for b, v in (row.get("batches") or {}).items())
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in {**row, "batches": batches_text(row)}.items()})
+    return out.getvalue()
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def _md_cell(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def markdown_text(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    rows = results["rows"]
+    exporters = [e["name"] for e in meta["exporters"]]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    settings = meta["settings"]
+    lines = [
+        f"# fxtrt fidelity benchmark, {meta['date']}",
+        "",
+        f"{len(models)} models x {len(exporters)} exporters; batch sizes checked {settings['batches']}; "
+        f"tolerance max|onnx-eager| <= {settings['tolerance']['atol']:g} + {settings['tolerance']['rtol']:g}*max|eager|; "
+        f"seed {settings['seed']}; {meta['machine']['cpu_count']} CPUs; wall time {_fmt(meta.get('wall_s'), '.0f')} s.",
+        "",
+        "Exporters:",
+        "",
+    ]
+    lines += [f"- `{e['name']}`: {e['label']}" for e in meta["exporters"]]
+    lines += ["", "## Outcomes per exporter", ""]
+    outcomes = [o.value for o in Outcome]
+    counts = {e: Counter(r["outcome"] for r in rows if r["exporter"] == e) for e in exporters}
+    lines += _table(["exporter", *outcomes], [[e, *(str(counts[e].get(o, 0)) for o in outcomes)] for e in exporters])
+    lines += ["", f"![outcomes and ratios]({FIGURE_NAME})", "", "## Per model", ""]
+    by_cell = {(r["model"], r["exporter"]): r for r in rows}
+    lines += _table(
+        ["model", *exporters],
+        [[m, *(by_cell.get((m, e), {}).get("outcome", "–") for e in exporters)] for m in models],
+    )
+    lines += ["", "## Details", ""]
+    lines += _table(
+        ["model", "exporter", "outcome", "max abs err", "max rel err", "nodes", "shape ops", "export s",
+         "ORT ms b1", "ORT ms b8", "peak RSS MB", "export RSS MB", "batches", "detail"],
+        [
+            [
+                r["model"], r["exporter"], r.get("outcome", "–"), _fmt(r.get("max_abs_err")), _fmt(r.get("max_rel_err")),
+                _fmt(r.get("onnx_nodes")), _fmt(r.get("shape_ops")), _fmt(r.get("export_s"), ".2f"),
+                _fmt(r.get("ort_ms_b1"), ".2f"), _fmt(r.get("ort_ms_b8"), ".2f"), _fmt(r.get("peak_rss_mb"), ".0f"),
+                _fmt(r.get("export_rss_mb"), ".0f"), batches_text(r) or "–", _md_cell(r.get("detail") or ""),
+            ]
+            for r in rows
+        ],
+    )
+    if results["skipped"]:
+        lines += ["", "## Skipped models (could not be built or run in eager)", ""]
+        lines += _table(["model", "reason"], [[s["model"], _md_cell(s["reason"])] for s in results["skipped"]])
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(out_dir: Path, results: dict[str, Any], *, final: bool) -> list[Path]:
+    """Write json and csv (every call) and, when ``final``, the Markdown table; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "results.json", out_dir / "results.csv"]
+    write_text_atomic(written[0], json.dumps(results, indent=2, default=str))
+    write_text_atomic(written[1], csv_text(results["rows"]))
+    if final:
+        written.append(out_dir / "results.md")
+        write_text_atomic(written[-1], markdown_text(results))
+    return written

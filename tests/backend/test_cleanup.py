@@ -1,0 +1,45 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from fxtrt.backend.cleanup import cleanup, op_counts, save_onnx
+
+
+def exported(model, x):
+    return torch.onnx.export(model, (x,), dynamo=True, optimize=False, verbose=False,
+                             dynamic_shapes=({0: torch.export.Dim("batch")},)).model_proto
+
+
+class ConstArith(torch.nn.Module):
+    def forward(self, x):
+        w = torch.ones(4) * 2 + 1  # constant subgraph: folded away
+        return x.view(x.size(0), -1) * w
+
+
+def test_cleanup_folds_and_keeps_the_batch_symbolic():
+    model = exported(ConstArith(), torch.randn(2, 2, 2))
+    cleaned = cleanup(model)
+    assert sum(cleaned.ops_after.values()) < sum(cleaned.ops_before.values())
+    assert cleaned.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    sess = ort.InferenceSession(cleaned.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.randn(5, 2, 2).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], x.reshape(5, 4) * 3)
+
+
+def test_large_models_use_external_data(tmp_path):
+    model = exported(torch.nn.Linear(256, 256), torch.randn(2, 256))
+    cleaned = cleanup(model, size_limit=1024)
+    assert any("over 2 GB" in n for n in cleaned.notes), "the big-model path skips onnxsim"
+    path = tmp_path / "model.onnx"
+    save_onnx(cleaned.model, path, threshold=1024)
+    assert (tmp_path / "model.onnx.data").stat().st_size >= 256 * 256 * 4
+    assert path.stat().st_size < 256 * 256
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {sess.get_inputs()[0].name: np.ones((3, 256), np.float32)})[0].shape == (3, 256)
+
+
+def test_op_counts():
+    model = exported(ConstArith(), torch.randn(2, 2, 2))
+    assert op_counts(model) == dict(sorted(op_counts(model).items()))
+    assert sum(op_counts(model).values()) == len(model.graph.node)

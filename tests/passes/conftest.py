@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fxtrt.frontend.capture import capture
+from fxtrt.passes import PassContext
+from fxtrt.settings import make_settings, normalize_inputs
+
+
+def trace(model, example, *, batch=(1, 8, 32), batch_dims=None, dynamic=None):
+    """The base trace and a PassContext, as compile() hands them to the passes."""
+    inputs = normalize_inputs(example)
+    settings = make_settings(model, inputs, batch=batch, batch_dims=batch_dims, dynamic=dynamic, out_dir=None,
+                             opset=17, target="onnx", precision="fp32", passes=None, verify=True,
+                             atol=1e-4, rtol=1e-3)
+    captured = capture(model.eval(), inputs, settings)
+    return captured.base.gm, PassContext(settings, captured)
+
+
+@pytest.fixture
+def traced():
+    return trace
+
+
+def assert_same(gm, model, *inputs):
+    """The rewritten GraphModule still computes what the model computes, at these inputs."""
+    with torch.no_grad():
+        want = model(*inputs)
+        got = gm(*inputs)
+    want = want if isinstance(want, tuple) else (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w.double(), atol=1e-5, rtol=1e-4)
