@@ -1,8 +1,8 @@
 """The run's figure: outcomes per exporter, and per-model export-time and shape-op ratios.
 
-Ratios are ``reference / baseline`` for each baseline, on a log axis, so
-bars left of 1 mean the reference exporter was faster or emitted fewer
-shape ops.  The reference is fxtrt when fxtrt exported anything, otherwise
+Ratios are ``reference / baseline`` for each baseline, drawn from 1 on a
+log axis, so a bar to the left of 1 means the reference exporter was faster
+or emitted fewer shape ops.  The reference is fxtrt when fxtrt exported anything, otherwise
 the first exporter that did (so the figure is useful before fxtrt works).
 Shape-op counts get +1 each so that a zero count still has a ratio.
 """
@@ -79,12 +79,15 @@ def _ratio_panel(ax: Any, rows: Sequence[dict[str, Any]], reference: str | None,
     height = 0.8 / max(1, len(series))
     for i, (baseline, values) in enumerate(series.items()):
         ys = [j + i * height for j, m in enumerate(models) if m in values]
-        ax.barh(ys, [values[m] for m in models if m in values], height=height, label=f"{reference} / {baseline}")
+        xs = [values[m] for m in models if m in values]
+        bars = ax.barh(ys, [x - 1.0 for x in xs], left=1.0, height=height, label=f"{reference} / {baseline}")
+        # A tick at the value keeps a ratio of exactly 1 (a zero-width bar) visible.
+        ax.scatter(xs, ys, marker="|", s=60, color=bars.patches[0].get_facecolor() if bars.patches else None)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(models))], models, fontsize=7)
     ax.invert_yaxis()
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def write_figure(path: Path, rows: Sequence[dict[str, Any]], exporters: Sequence[str]) -> Path:

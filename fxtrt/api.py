@@ -16,11 +16,11 @@ from fxtrt.artifacts import ArtifactDir
 from fxtrt.backend.cleanup import cleanup, save_onnx
 from fxtrt.backend.emit import dim_names, emit_onnx
 from fxtrt.backend.verify import TorchRunner, VerifyRow, raise_on_failure, run_comparison
-from fxtrt.errors import ConfigError, EmitError, FxtrtError, PassError
+from fxtrt.errors import ConfigError, EmitError
 from fxtrt.frontend.capture import CapturedGraph, capture
 from fxtrt.frontend.inputs import inputs_at, verification_sizes
-from fxtrt.passes import PassContext, resolve
-from fxtrt.report import PassRecord, Report
+from fxtrt.passes import PassContext, resolve, run_passes
+from fxtrt.report import Report
 from fxtrt.settings import DynamicDim, Settings, make_settings, normalize_inputs
 
 log = logging.getLogger("fxtrt")
@@ -123,19 +123,7 @@ def compile(
         report.notes += captured.notes
 
         with _stage(report, "passes", 2, total):
-            gm = captured.base.gm
-            ctx = PassContext(settings, captured)
-            for name, fn in pipeline:
-                start = time.perf_counter()
-                try:
-                    result = fn(gm, ctx)
-                except FxtrtError:
-                    raise
-                except Exception as exc:
-                    raise PassError(f"pass {name} failed: {type(exc).__name__}: {exc}",
-                                    hint="passes that ran before it: " + (", ".join(p.name for p in report.passes) or "none")) from exc
-                gm = result.gm
-                report.passes.append(PassRecord(name, list(result.changes), time.perf_counter() - start))
+            gm, report.passes = run_passes(captured.base.gm, PassContext(settings, captured), pipeline)
 
         with _stage(report, "emit", 3, total):
             emitted = emit_onnx(gm, captured.base.inputs, settings.dims, captured.input_names,

@@ -11,18 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fxtrt.backend.verify import VerifyRow, format_rows
-from fxtrt.passes.infra import Change
-
-
-@dataclass
-class PassRecord:
-    name: str
-    changes: list[Change]
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "modified": bool(self.changes), "seconds": round(self.seconds, 4),
-                "changes": [c.to_dict() for c in self.changes]}
+from fxtrt.passes.infra import PassRecord
 
 
 @dataclass

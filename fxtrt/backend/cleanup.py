@@ -37,6 +37,7 @@ def cleanup(model: onnx.ModelProto, *, size_limit: int = PROTOBUF_LIMIT) -> Clea
     import onnx_graphsurgeon as gs  # heavy import; only when cleaning
 
     before = op_counts(model)
+    provenance = {n.name: list(n.metadata_props) for n in model.graph.node if n.name and n.metadata_props}
     notes: list[str] = []
     big = _byte_size(model) >= size_limit
     if not big:
@@ -49,7 +50,18 @@ def cleanup(model: onnx.ModelProto, *, size_limit: int = PROTOBUF_LIMIT) -> Clea
         notes.append("the model is over 2 GB: onnxsim was skipped and weights are saved as external data")
     else:
         model = _simplify(model, notes)
+    _restore_provenance(model, provenance)
     return Cleaned(model, before, op_counts(model), notes)
+
+
+def _restore_provenance(model: onnx.ModelProto, provenance: dict[str, list]) -> None:
+    """torch.onnx records each node's FX node and stack trace; cleanup drops them; put them back.
+
+    They are how an ONNX node is traced to the user's line (fp16 repair, divergence search).
+    """
+    for node in model.graph.node:
+        if node.name in provenance and not node.metadata_props:
+            node.metadata_props.extend(provenance[node.name])
 
 
 def _byte_size(model: onnx.ModelProto) -> int:
@@ -82,3 +94,12 @@ def save_onnx(model: onnx.ModelProto, path: Path, threshold: int = PROTOBUF_LIMI
                         location=path.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
+
+
+def onnx_node_source(node: onnx.NodeProto) -> str | None:
+    """The user's ``file:line`` for an ONNX node emitted by torch.onnx, from its metadata."""
+    from fxtrt.frontend.source import location_of_trace
+
+    trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
+    loc = location_of_trace(trace)
+    return str(loc) if loc else None

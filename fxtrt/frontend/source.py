@@ -51,11 +51,15 @@ def _pick(frames: list[tuple[str, int]]) -> SourceLocation | None:
     return SourceLocation(file, line, linecache.getline(file, line).strip())
 
 
+def location_of_trace(trace: str | None) -> SourceLocation | None:
+    """The innermost user frame in a recorded stack trace (FX node meta, ONNX node metadata)."""
+    frames = [(m["file"], int(m["line"])) for m in _FRAME_RE.finditer(trace or "")]
+    return _pick(frames)
+
+
 def location_of(node: torch.fx.Node) -> SourceLocation | None:
     """The innermost user frame in the node's recorded stack trace."""
-    trace = node.meta.get("stack_trace") or ""
-    frames = [(m["file"], int(m["line"])) for m in _FRAME_RE.finditer(trace)]
-    return _pick(frames)
+    return location_of_trace(node.meta.get("stack_trace"))
 
 
 def source_of(node: torch.fx.Node) -> str | None:

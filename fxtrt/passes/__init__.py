@@ -5,14 +5,17 @@ below is the only place the order is written down.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
-from fxtrt.errors import ConfigError
+import torch.fx
+
+from fxtrt.errors import ConfigError, FxtrtError, PassError
 from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.fix_dtypes import fix_dtypes
 from fxtrt.passes.generalize_batch import generalize_batch
-from fxtrt.passes.infra import Change, PassContext, PassFn, PassResult
+from fxtrt.passes.infra import Change, PassContext, PassFn, PassRecord, PassResult
 
 REGISTRY: dict[str, PassFn] = {
     "drop_shape_guards": drop_shape_guards,
@@ -46,6 +49,40 @@ def resolve(passes: Sequence[str | Callable] | None) -> list[tuple[str, PassFn]]
     return missing + chosen
 
 
+# Called after each pass with (index, name, code before the pass, result); may raise to stop the run.
+PassObserver = Callable[[int, str, str, PassResult], None]
+
+
+def run_passes(
+    gm: torch.fx.GraphModule,
+    ctx: PassContext,
+    pipeline: Sequence[tuple[str, PassFn]],
+    observer: PassObserver | None = None,
+) -> tuple[torch.fx.GraphModule, list[PassRecord]]:
+    """Run ``pipeline`` in order; a failure names the pass and the passes that ran before it."""
+    records: list[PassRecord] = []
+    for index, (name, fn) in enumerate(pipeline):
+        before = gm.code if observer else ""
+        start = time.perf_counter()
+        try:
+            result = fn(gm, ctx)
+        except FxtrtError:
+            raise
+        except Exception as exc:
+            raise PassError(
+                f"pass {name} failed: {type(exc).__name__}: {exc}",
+                hint="passes that ran before it: " + (", ".join(r.name for r in records) or "none"),
+            ) from exc
+        if not isinstance(result, PassResult):
+            raise PassError(f"pass {name} returned {type(result).__name__}, not a PassResult",
+                            hint="a pass is fn(gm, ctx) -> PassResult(gm, changes)")
+        gm = result.gm
+        records.append(PassRecord(name, list(result.changes), time.perf_counter() - start))
+        if observer:
+            observer(index, name, before, result)
+    return gm, records
+
+
 def describe() -> list[tuple[str, str]]:
     """(name, one-line doc) for each registered pass, in order."""
     out = []
@@ -56,4 +93,7 @@ def describe() -> list[tuple[str, str]]:
     return out
 
 
-__all__ = ["REGISTRY", "REQUIRED", "Change", "PassContext", "PassResult", "describe", "resolve", "pass_name"]
+__all__ = [
+    "REGISTRY", "REQUIRED", "Change", "PassContext", "PassObserver", "PassRecord", "PassResult",
+    "describe", "pass_name", "resolve", "run_passes",
+]

@@ -42,6 +42,19 @@ class PassResult:
 
 
 @dataclass
+class PassRecord:
+    """What one pass did in one run, for the report and the debug dumps."""
+
+    name: str
+    changes: list[Change]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "modified": bool(self.changes), "seconds": round(self.seconds, 4),
+                "changes": [c.to_dict() for c in self.changes]}
+
+
+@dataclass
 class PassContext:
     """What passes may read: the frozen settings and what the frontend learned."""
 

@@ -1,0 +1,76 @@
+"""The fidelity benchmark's quick run, as a user runs it: ``python -m benchmarks.fidelity --quick``.
+
+Three tiny seed patterns keep it to well under a minute on 2 cores: one that
+is dynamic (``view(x.size(0), -1)``) and two that bake the batch in with
+``int(x.size(0))``, which at least one torch.onnx baseline must get wrong.
+"""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("seed/view_size", "seed/view_int_size", "seed/softmax_int_size")
+EXPORTERS = ("fxtrt", "onnx_dynamo", "onnx_legacy")
+BASELINES = ("onnx_dynamo", "onnx_legacy")
+OUTCOMES = {"PASS", "SILENT", "LOUD", "REFUSED", "CRASH"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fidelity")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fidelity", "--quick", "--models", ",".join(MODELS), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc.stdout, json.loads((out / "results.json").read_text())
+
+
+def test_writes_every_artifact(quick_run):
+    out, _, _ = quick_run
+    for name in ("results.json", "results.csv", "results.md", "fidelity.png"):
+        assert (out / name).stat().st_size > 0, f"{name} is missing or empty"
+    assert (out / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "the figure is a PNG"
+    assert not list(out.glob(".*.tmp*")), "no temporary files are left behind"
+
+
+def test_every_model_gets_one_valid_outcome_per_exporter(quick_run):
+    out, _, results = quick_run
+    cells = {(r["model"], r["exporter"]): r["outcome"] for r in results["rows"]}
+    assert set(cells) == {(m, e) for m in MODELS for e in EXPORTERS}
+    assert set(cells.values()) <= OUTCOMES, "ERROR means the harness itself failed"
+    with (out / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(MODELS) * len(EXPORTERS)
+    assert results["meta"]["complete"] is True
+
+
+def test_progress_is_shown_per_model(quick_run):
+    _, stdout, _ = quick_run
+    for i, model in enumerate(MODELS, 1):
+        assert f"[{i:>2}/{len(MODELS)}] {model}" in stdout
+
+
+def test_a_baked_batch_is_caught_failing_in_a_torch_onnx_baseline(quick_run):
+    _, _, results = quick_run
+    baked = {(r["model"], r["exporter"]): r for r in results["rows"] if r["model"] != "seed/view_size"}
+    caught = [k for k, r in baked.items() if k[1] in BASELINES and r["outcome"] in ("SILENT", "LOUD")]
+    assert caught, "int(x.size(0)) should break the seed recipe at batch 3"
+    for row in baked.values():
+        if row["outcome"] in ("SILENT", "LOUD"):
+            assert row["batches"]["1"]["status"] == "ok", "batch 1 is the export batch and must match"
+            assert "batch 3" in row["detail"], "the first failing batch size is named"
+
+
+def test_a_passing_cell_has_its_measurements(quick_run):
+    _, _, results = quick_run
+    row = next(r for r in results["rows"] if r["model"] == "seed/view_size" and r["exporter"] == "onnx_legacy")
+    assert row["outcome"] == "PASS"
+    assert row["max_abs_err"] < 1e-4
+    assert row["onnx_nodes"] >= row["shape_ops"] > 0, "view(x.size(0), -1) costs shape ops in the legacy exporter"
+    for key in ("export_s", "ort_ms_b1", "ort_ms_b8", "peak_rss_mb"):
+        assert row[key] > 0, key
