@@ -15,12 +15,14 @@ from fxtrt.errors import (
     PrecisionError,
     VerificationError,
 )
+from fxtrt.explain import Explanation, explain
+from fxtrt.passes.infra import Change, PassContext, PassResult
 from fxtrt.report import Report
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CaptureError", "CompiledModel", "ConfigError", "EmitError", "EngineError", "FxtrtError",
-    "GeneralizationError", "PassError", "PrecisionError", "Report", "VerificationError",
-    "compile", "onnx_export",
+    "Change", "Explanation", "GeneralizationError", "PassContext", "PassError", "PassResult", "PrecisionError",
+    "Report", "VerificationError", "compile", "explain", "onnx_export",
 ]

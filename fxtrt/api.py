@@ -14,11 +14,13 @@ import torch.utils._pytree as pytree
 
 from fxtrt.artifacts import ArtifactDir
 from fxtrt.backend.cleanup import cleanup, save_onnx
+from fxtrt.backend.divergence import Divergence, find_divergence
 from fxtrt.backend.emit import dim_names, emit_onnx
 from fxtrt.backend.verify import TorchRunner, VerifyRow, raise_on_failure, run_comparison
 from fxtrt.errors import ConfigError, EmitError
 from fxtrt.frontend.capture import CapturedGraph, capture
 from fxtrt.frontend.inputs import inputs_at, verification_sizes
+from fxtrt.debug import PassDebugger
 from fxtrt.passes import PassContext, resolve, run_passes
 from fxtrt.report import Report
 from fxtrt.settings import DynamicDim, Settings, make_settings, normalize_inputs
@@ -32,8 +34,10 @@ REPORT_FILE = "report.json"
 class CompiledModel:
     """The verified artifact: its ONNX path, its report, and ways to run it."""
 
-    def __init__(self, onnx_path: Path, report: Report, captured: CapturedGraph, settings: Settings) -> None:
+    def __init__(self, onnx_path: Path, report: Report, captured: CapturedGraph, settings: Settings,
+                 graph_module: torch.fx.GraphModule | None = None) -> None:
         self.onnx_path = onnx_path
+        self.graph_module = graph_module  # the FX graph after the passes: what was emitted
         self.report = report
         self.settings = settings
         self.input_names = captured.input_names
@@ -100,11 +104,17 @@ def compile(
     verify: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    debug_dir: str | Path | None = None,
+    trace_divergence: bool = False,
 ) -> CompiledModel:
     """Compile ``model`` to an ONNX model that serves every size in ``batch`` / ``dynamic``.
 
     Either the result matches the original at min, opt, max and an odd size of every dynamic
     dim, or an ``FxtrtError`` says which node and which line of the user's code is at fault.
+
+    ``debug_dir`` gets a dump of the graph after every pass and turns on a numeric check after
+    each one (it is written as the run goes, failures included). ``trace_divergence`` runs the
+    layer-wise ONNX-vs-FX comparison even when verification passes; it always runs on failure.
     """
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -112,6 +122,7 @@ def compile(
     settings = make_settings(
         model, inputs, batch=batch, batch_dims=batch_dims, dynamic=dynamic, out_dir=out_dir, opset=opset,
         target=target, precision=precision, passes=passes, verify=verify, atol=atol, rtol=rtol,
+        debug_dir=debug_dir, trace_divergence=trace_divergence,
     )
     pipeline = resolve(settings.passes)
     report = Report(model=type(model).__name__, settings=settings.to_dict())
@@ -123,7 +134,10 @@ def compile(
         report.notes += captured.notes
 
         with _stage(report, "passes", 2, total):
-            gm, report.passes = run_passes(captured.base.gm, PassContext(settings, captured), pipeline)
+            observer = None
+            if settings.debug_dir is not None:
+                observer = PassDebugger(settings.debug_dir, model, captured, settings)
+            gm, report.passes = run_passes(captured.base.gm, PassContext(settings, captured), pipeline, observer)
 
         with _stage(report, "emit", 3, total):
             emitted = emit_onnx(gm, captured.base.inputs, settings.dims, captured.input_names,
@@ -142,7 +156,14 @@ def compile(
         if settings.verify:
             with _stage(report, "verify", 5, total):
                 report.verification = verify_model(model, staged, captured, settings)
-            raise_on_failure(report.verification, settings.atol, settings.rtol)
+            failed = next((r for r in report.verification if not r.passed), None)
+            if failed is not None or settings.trace_divergence:
+                with _stage(report, "trace_divergence", total, total):
+                    divergence = trace(gm, staged, captured, settings, failed.sizes if failed else None)
+                report.stages["divergence"] = divergence.to_dict() if divergence else {
+                    "result": "no ONNX value differs from the FX graph"}
+                if failed is not None:
+                    raise_on_failure(report.verification, settings.atol, settings.rtol, divergence)
         else:
             report.notes.append("verification was skipped (verify=False): nothing checks this model against the original")
 
@@ -152,7 +173,7 @@ def compile(
             report.artifacts["external_data"] = str(stage.final_path(MODEL_FILE + ".data"))
         report.write(stage.path / REPORT_FILE)
     log.info("artifacts in %s", stage.final)
-    return CompiledModel(onnx_path, report, captured, settings)
+    return CompiledModel(onnx_path, report, captured, settings, graph_module=gm)
 
 
 def _check_dynamic(model: onnx.ModelProto, captured: CapturedGraph, settings: Settings) -> None:
@@ -186,7 +207,9 @@ def _check_dynamic(model: onnx.ModelProto, captured: CapturedGraph, settings: Se
 
 def _shape_of(node: Any) -> tuple[int, ...] | None:
     v = node.meta.get("val") if hasattr(node, "meta") else None
-    return tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None
+    if not isinstance(v, torch.Tensor) or not all(isinstance(s, int) for s in v.shape):
+        return None
+    return tuple(v.shape)
 
 
 def verification_points(dims: Sequence[DynamicDim]) -> list[dict[str, int]]:
@@ -205,6 +228,16 @@ def verification_points(dims: Sequence[DynamicDim]) -> list[dict[str, int]]:
         if p not in unique:
             unique.append(p)
     return unique
+
+
+def trace(gm, onnx_path: Path, captured: CapturedGraph, settings: Settings,
+          sizes: dict[str, int] | None) -> "Divergence | None":
+    """Layer-wise search at ``sizes`` (default: the first verification point)."""
+    sizes = sizes if sizes is not None else verification_points(settings.dims)[0]
+    tensors = [t.to(torch.float32) if t.dtype == torch.float64 else t
+               for t in inputs_at(captured.example, settings.dims, sizes)]
+    feed = {n: t.numpy() for n, t in zip(captured.input_names, tensors)}
+    return find_divergence(onnx_path, gm, tensors, feed, settings.atol, settings.rtol)
 
 
 def verify_model(model: torch.nn.Module, onnx_path: Path, captured: CapturedGraph, settings: Settings) -> list[VerifyRow]:

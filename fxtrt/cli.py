@@ -69,21 +69,60 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=float, default=1e-3)
     c.add_argument("--no-verify", action="store_true", help="skip the check against the original (not recommended)")
     c.add_argument("--seed", type=int, default=0, help="seed for the random weights and example inputs")
+    c.add_argument("--debug-dir", help="dump the graph after every pass here, and check each pass numerically")
+    c.add_argument("--trace-divergence", action="store_true",
+                   help="compare every ONNX intermediate with the FX graph, even when verification passes")
+
+    e = sub.add_parser("explain", help="list what would break a dynamic export, with source lines; emit nothing")
+    e.add_argument("spec", help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
+    e.add_argument("--input", action="append", required=True, metavar="SHAPE[:DTYPE]")
+    e.add_argument("--batch", default="1:8:32")
+    e.add_argument("--batch-dims")
+    e.add_argument("--dynamic", action="append", default=[], metavar="I:D=MIN:OPT:MAX")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("passes", help="list the registered passes in the order they run")
     return parser
 
 
-def _compile(args: argparse.Namespace) -> int:
-    from fxtrt.api import compile as fxtrt_compile
+def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     from fxtrt.frontend.model_spec import load_model, parse_input
 
     torch.manual_seed(args.seed)
     model = load_model(args.spec)
     gen = torch.Generator().manual_seed(args.seed)
-    inputs = tuple(parse_input(t, gen) for t in args.input)
+    return model, tuple(parse_input(t, gen) for t in args.input)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from fxtrt.explain import explain
+
+    model, inputs = _load(args)
+    result = explain(model, inputs, batch=parse_batch(args.batch), batch_dims=parse_batch_dims(args.batch_dims),
+                     dynamic=parse_dynamic(args.dynamic))
+    print(result.to_json() if args.json else result.to_text())
+    return 0
+
+
+def _passes(args: argparse.Namespace) -> int:
+    from fxtrt.passes import REQUIRED, describe
+
+    for i, (name, doc) in enumerate(describe(), start=1):
+        tag = " (always runs)" if name in REQUIRED else ""
+        print(f"{i}. {name}{tag}: {doc}")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from fxtrt.api import compile as fxtrt_compile
+
+    model, inputs = _load(args)
     compiled = fxtrt_compile(
         model, inputs, batch=parse_batch(args.batch), batch_dims=parse_batch_dims(args.batch_dims),
         dynamic=parse_dynamic(args.dynamic), out_dir=args.out, opset=args.opset,
         atol=args.atol, rtol=args.rtol, verify=not args.no_verify,
+        debug_dir=args.debug_dir, trace_divergence=args.trace_divergence,
     )
     print(compiled.report.to_text())
     print(f"\nartifacts written to {compiled.onnx_path.parent}")
@@ -98,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "compile":
             return _compile(args)
+        if args.command == "explain":
+            return _explain(args)
+        if args.command == "passes":
+            return _passes(args)
     except FxtrtError as exc:
         print(f"fxtrt: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

@@ -54,6 +54,8 @@ class Settings:
     atol: float = 1e-4
     rtol: float = 1e-3
     out_dir: Path | None = None
+    debug_dir: Path | None = None
+    trace_divergence: bool = False
     external_data_threshold: int = 2 * 1024**3 - 64 * 1024**2
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -69,6 +71,8 @@ class Settings:
             "passes": None if self.passes is None else [p if isinstance(p, str) else getattr(p, "__name__", repr(p)) for p in self.passes],
             "verify": self.verify, "atol": self.atol, "rtol": self.rtol,
             "out_dir": str(self.out_dir) if self.out_dir else None,
+            "debug_dir": str(self.debug_dir) if self.debug_dir else None,
+            "trace_divergence": self.trace_divergence,
         }
 
 
@@ -209,23 +213,23 @@ def _base_name(inputs: Sequence[torch.Tensor], site: tuple[int, int]) -> str:
     return f"dim{site[0]}_{site[1]}"
 
 
-def check_out_dir(out_dir: Any) -> Path | None:
+def check_out_dir(out_dir: Any, arg: str = "out_dir") -> Path | None:
     """Fail now, not after a long compile, if artifacts could not be written."""
     if out_dir is None:
         return None
     if not isinstance(out_dir, (str, os.PathLike)):
-        raise ConfigError(f"out_dir must be a path, got {type(out_dir).__name__}")
+        raise ConfigError(f"{arg} must be a path, got {type(out_dir).__name__}")
     path = Path(out_dir).expanduser().resolve()
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"out_dir {path} exists and is not a directory")
+        raise ConfigError(f"{arg} {path} exists and is not a directory")
     parent = path if path.exists() else next((p for p in path.parents if p.exists()), None)
     if parent is None or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"out_dir {path} is not writable", hint="choose a directory you can write to")
+        raise ConfigError(f"{arg} {path} is not writable", hint="choose a directory you can write to")
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        raise ConfigError(f"out_dir {path} is not writable: {exc}") from None
+        raise ConfigError(f"{arg} {path} is not writable: {exc}") from None
     return path
 
 
@@ -244,6 +248,8 @@ def make_settings(
     verify: Any,
     atol: Any,
     rtol: Any,
+    debug_dir: Any = None,
+    trace_divergence: Any = False,
     targets: Sequence[str] = TARGETS,
     precisions: Sequence[str] = PRECISIONS,
     **extra: Any,
@@ -273,4 +279,5 @@ def make_settings(
         opset=opset, target=target, precision=precision, passes=passes,
         verify=bool(verify), atol=float(atol), rtol=float(rtol),
         out_dir=check_out_dir(out_dir), extra=dict(extra),
+        debug_dir=check_out_dir(debug_dir, "debug_dir"), trace_divergence=bool(trace_divergence),
     )

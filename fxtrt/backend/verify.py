@@ -144,12 +144,22 @@ def format_rows(rows: Iterable[VerifyRow]) -> str:
     return "\n".join(lines)
 
 
-def raise_on_failure(rows: Sequence[VerifyRow], atol: float, rtol: float) -> None:
+def raise_on_failure(rows: Sequence[VerifyRow], atol: float, rtol: float, divergence: Any = None) -> None:
+    """VerificationError with the table, and where the ONNX model first left the FX graph."""
     bad = [r for r in rows if not r.passed]
-    if bad:
-        raise VerificationError(
-            f"the ONNX model does not match the original at {len(bad)} of {len(rows)} (size, output) checks "
-            f"(|a-b| <= {atol:g} + {rtol:g}*|ref|):\n{format_rows(rows)}",
-            rows=list(rows),
-            hint="run with debug_dir=... to find the pass that broke it, or relax atol/rtol if the error is rounding",
-        )
+    if not bad:
+        return
+    if divergence is not None:
+        where = f"\n{divergence.describe()}"
+        hint = "the ONNX model diverges from the FX graph it was emitted from at that node"
+    else:
+        where = "\nno ONNX value differs from the FX graph: the passes changed the numerics"
+        hint = "run with debug_dir=... to find the pass that broke it, or relax atol/rtol if the error is rounding"
+    raise VerificationError(
+        f"the ONNX model does not match the original at {len(bad)} of {len(rows)} (size, output) checks "
+        f"(|a-b| <= {atol:g} + {rtol:g}*|ref|):\n{format_rows(rows)}{where}",
+        rows=list(rows),
+        node=getattr(divergence, "onnx_node", None),
+        source=getattr(divergence, "source", None),
+        hint=hint,
+    )

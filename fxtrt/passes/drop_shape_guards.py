@@ -39,15 +39,25 @@ def is_shape_guard(node: torch.fx.Node) -> bool:
     return packet in GUARD_TARGETS or target in GUARD_TARGETS
 
 
-def drop_shape_guards(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-    """Remove every export-time assertion node (and the guard scalars feeding only them)."""
-    changes = []
+def guard_nodes(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
+    """The guards, and the size arithmetic (``ge``, ``le``, ``sym_size``) that only guards use."""
+    found: set[torch.fx.Node] = set()
     for node in reversed(list(gm.graph.nodes)):
-        if is_shape_guard(node) and not node.users:
-            changes.append(change(node, call_text(node), "(removed)", "export-time shape guard"))
+        if is_shape_guard(node) or (
+            node.op == "call_function" and node.users and all(u in found for u in node.users)
+        ):
+            found.add(node)
+    return found
+
+
+def drop_shape_guards(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Remove every export-time assertion node and the computations that feed only them."""
+    doomed = guard_nodes(gm)
+    changes = [change(n, call_text(n), "(removed)", "export-time shape guard")
+               for n in gm.graph.nodes if n in doomed and is_shape_guard(n)]
+    for node in reversed(list(gm.graph.nodes)):
+        if node in doomed:
             gm.graph.erase_node(node)
-    changes.reverse()
-    if changes:
-        gm.graph.eliminate_dead_code()
+    if doomed:
         gm.recompile()
     return PassResult(gm, changes)

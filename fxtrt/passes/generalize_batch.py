@@ -27,7 +27,7 @@ import torch.utils._pytree as pytree
 
 from fxtrt.errors import GeneralizationError
 from fxtrt.frontend.source import source_of
-from fxtrt.passes.drop_shape_guards import is_shape_guard
+from fxtrt.passes.drop_shape_guards import guard_nodes
 from fxtrt.passes.infra import Change, PassContext, PassResult, call_text, change, fmt
 from fxtrt.settings import DynamicDim
 
@@ -111,11 +111,15 @@ def _leaf_key(value: Any, index: dict[torch.fx.Node, int]) -> Any:
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
     v = node.meta.get("val")
-    return tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None
+    if not isinstance(v, torch.Tensor) or not all(isinstance(s, int) for s in v.shape):
+        return None  # not a tensor, or a size only known at run time (.item())
+    return tuple(v.shape)
 
 
 def _ops(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
-    return [n for n in gm.graph.nodes if not is_shape_guard(n)]
+    """The nodes that compute something: what two traces must agree on."""
+    guards = guard_nodes(gm)
+    return [n for n in gm.graph.nodes if n not in guards]
 
 
 class _Builder:
@@ -211,22 +215,31 @@ def _dim_word(a: dict[str, int], b: dict[str, int]) -> str:
     return " and ".join(f"size of '{c}'" if c != "batch" else "batch size" for c in changed) or "input size"
 
 
+def value_dependent_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """Nodes that turn tensor contents into Python numbers (``.item()``, ``.tolist()``)."""
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in VALUE_DEPENDENT]
+
+
 def generalize_batch(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """Replace size-following literals in ``gm`` (the base trace) with symbolic size expressions."""
+    found = value_dependent_nodes(gm) if ctx.settings.dims else []
+    if found:
+        node = found[0]
+        raise GeneralizationError(
+            "a size or value is read from tensor contents (.item() / .tolist()), "
+            "so the graph depends on values fxtrt cannot make symbolic",
+            node=node.name, source=source_of(node),
+            hint="keep the computation in tensors (e.g. torch.where, masks) instead of Python numbers",
+        )
+    return rewrite_size_literals(gm, ctx)
+
+
+def rewrite_size_literals(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+    """The rewrite itself, without the value-dependence check (``explain`` reports both)."""
     dims = ctx.settings.dims
     caps = ctx.captured.captures
     if not dims or len(caps) < 2:
         return PassResult(gm, [])
-    assert gm is caps[0].gm or len(_ops(gm)) == len(_ops(caps[0].gm)), "generalize_batch must run on the base trace"
-
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in VALUE_DEPENDENT:
-            raise GeneralizationError(
-                "a size or value is read from tensor contents (.item() / .tolist()), "
-                "so the graph depends on values fxtrt cannot make symbolic",
-                node=node.name, source=source_of(node),
-                hint="keep the computation in tensors (e.g. torch.where, masks) instead of Python numbers",
-            )
 
     base_ops = _ops(gm)
     others = [_ops(c.gm) for c in caps[1:]]

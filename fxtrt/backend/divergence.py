@@ -1,0 +1,126 @@
+"""Layer-wise divergence: the first ONNX node whose value leaves the FX graph's.
+
+Polygraphy's ``--onnx-outputs mark all`` shows every intermediate of an ONNX model; this does
+the same (``ModifyOutputs(MARK_ALL)``), runs the FX graph that was emitted on the same inputs,
+and pairs values by name: torch.onnx names each ONNX value after the FX node that computed it
+(``view`` → ``view``), and keeps that node's stack trace in the ONNX node's metadata. Walking the
+ONNX graph in order, the first paired value that differs is where the ONNX model went wrong,
+and its FX node's stack trace is the user's line.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+import torch.fx
+
+from fxtrt.backend.cleanup import onnx_node_source
+from fxtrt.frontend.source import source_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where the ONNX model first disagrees with the FX graph it was emitted from."""
+
+    onnx_node: str
+    op_type: str
+    value: str
+    fx_node: str | None
+    source: str | None
+    max_abs: float
+    max_ref: float
+    compared: int
+
+    def describe(self) -> str:
+        fx = f", FX node {self.fx_node}" if self.fx_node else ""
+        at = f" at {self.source}" if self.source else ""
+        return (f"first divergence: ONNX node {self.onnx_node} ({self.op_type}) output {self.value!r}{fx}{at}: "
+                f"max |onnx - fx| = {self.max_abs:.3g} (max |fx| = {self.max_ref:.3g}); "
+                f"{self.compared} paired values compared")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def fx_values(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor value of the FX graph, by node name."""
+    values: dict[str, torch.Tensor] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                values[n.name] = out.detach()
+            return out
+
+    with torch.no_grad():
+        Recorder(gm).run(*inputs)
+    return values
+
+
+def onnx_values(model_path: Path, feed: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Every intermediate value of the ONNX model, marked as an output with Polygraphy."""
+    from polygraphy import constants
+    from polygraphy.backend.onnx import ModifyOutputs, onnx_from_path
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        model = onnx_from_path(str(model_path))
+        marked = ModifyOutputs(model, outputs=constants.MARK_ALL, copy=True)()
+        with OnnxrtRunner(SessionFromOnnx(marked.SerializeToString(), providers=["CPUExecutionProvider"])) as runner:
+            outputs = runner.infer(dict(feed))
+    return model, {k: np.asarray(v) for k, v in outputs.items()}
+
+
+def find_divergence(
+    model_path: Path,
+    gm: torch.fx.GraphModule,
+    inputs: Sequence[torch.Tensor],
+    feed: Mapping[str, np.ndarray],
+    atol: float,
+    rtol: float,
+) -> Divergence | None:
+    """The first ONNX node (in graph order) whose output differs from its FX node's value.
+
+    A value differs when ``max|a - b| > atol + rtol * max|fx|``: judged per tensor, so ordinary
+    rounding spread over a large tensor is not mistaken for the divergence.
+    """
+    model, got = onnx_values(model_path, feed)
+    want = fx_values(gm, inputs)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    # Graph outputs carry the ONNX output names ("output"), not the FX node's; pair them by position.
+    fx_outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    for vi, fx_node in zip(model.graph.output, fx_outputs):
+        if isinstance(fx_node, torch.fx.Node) and fx_node.name in want:
+            want[vi.name] = want[fx_node.name]
+            by_name[vi.name] = fx_node
+    compared = 0
+    for node in model.graph.node:
+        for value in node.output:
+            if value not in got or value not in want:
+                continue
+            ref = want[value].to(torch.float64).numpy() if want[value].dtype != torch.bool else want[value].numpy()
+            out = got[value]
+            if tuple(ref.shape) != tuple(out.shape):
+                continue
+            compared += 1
+            a, b = ref.astype(np.float64), out.astype(np.float64)
+            diff = np.abs(a - b)
+            diff = np.where(np.isnan(a) & np.isnan(b), 0.0, diff)
+            peak = float(np.nanmax(np.abs(a))) if a.size else 0.0
+            worst = float(np.nanmax(diff)) if diff.size else 0.0
+            if np.isnan(diff).any() or worst > atol + rtol * peak:
+                fx_node = by_name.get(value)
+                source = (source_of(fx_node) if fx_node is not None else None) or onnx_node_source(node)
+                return Divergence(node.name, node.op_type, value, fx_node.name if fx_node is not None else None,
+                                  source, worst, peak, compared)
+    log.info("no ONNX value diverges from the FX graph (%d paired values compared)", compared)
+    return None

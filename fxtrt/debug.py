@@ -1,0 +1,183 @@
+"""Per-pass debugging: dumps of the graph after every pass, and a numeric check after each.
+
+``compile(..., debug_dir=DIR)`` writes, for pass number NN:
+
+    DIR/00_captured/graph.py        the trace as torch.export gave it
+    DIR/NN_<pass>/graph.py          ``gm.code`` after the pass
+    DIR/NN_<pass>/nodes.txt         one row per node: name, op, target, args, shape, user's file:line
+    DIR/NN_<pass>/diff.patch        unified diff of graph.py against the previous step
+    DIR/NN_<pass>/changes.json      the pass's change records
+
+and runs the rewritten GraphModule against the original model after every pass (Torch-TensorRT's
+``validate_inference``, for every pass). The first pass that breaks the match stops the run
+with a PassError naming the pass and the first diverging node.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+from fxtrt.errors import PassError
+from fxtrt.frontend.capture import CapturedGraph
+from fxtrt.frontend.inputs import inputs_at, verification_sizes
+from fxtrt.frontend.source import source_of
+from fxtrt.passes.infra import PassResult, fmt
+from fxtrt.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def node_table(gm: torch.fx.GraphModule) -> str:
+    rows = [("name", "op", "target", "args", "shape", "source")]
+    for n in gm.graph.nodes:
+        val = n.meta.get("val")
+        shape = str(list(val.shape)) if isinstance(val, torch.Tensor) else ""
+        target = getattr(n.target, "__name__", str(n.target))
+        args = fmt(list(n.args))[1:-1]
+        rows.append((n.name, n.op, target, args if len(args) < 80 else args[:77] + "...", shape, source_of(n) or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows) + "\n"
+
+
+class PassDebugger:
+    """A ``run_passes`` observer: dumps each step and checks it against the original model."""
+
+    def __init__(
+        self,
+        debug_dir: Path,
+        model: torch.nn.Module,
+        captured: CapturedGraph,
+        settings: Settings,
+        check: bool = True,
+    ) -> None:
+        self.dir = debug_dir
+        self.model = model
+        self.captured = captured
+        self.settings = settings
+        self.check = check
+        self.pristine = copy.deepcopy(captured.base.gm)
+        self.generalized = not settings.dims
+        self.ran: list[str] = []
+        self._write_step("00_captured", self.pristine.code, "", [])
+
+    def _write_step(self, folder: str, code: str, before: str, changes: list[dict[str, Any]],
+                    gm: torch.fx.GraphModule | None = None) -> None:
+        step = self.dir / folder
+        step.mkdir(parents=True, exist_ok=True)
+        (step / "graph.py").write_text(code)
+        (step / "nodes.txt").write_text(node_table(gm or self.pristine))
+        diff = difflib.unified_diff(before.splitlines(keepends=True), code.splitlines(keepends=True),
+                                    fromfile="before/graph.py", tofile="after/graph.py")
+        (step / "diff.patch").write_text("".join(diff))
+        (step / "changes.json").write_text(json.dumps(changes, indent=2) + "\n")
+
+    def __call__(self, index: int, name: str, before: str, result: PassResult) -> None:
+        gm = result.gm
+        self._write_step(f"{index + 1:02d}_{name}", gm.code, before, [c.to_dict() for c in result.changes], gm)
+        self.ran.append(name)
+        if name == "generalize_batch":
+            self.generalized = True
+        if self.check:
+            self.check_pass(name, gm)
+
+    def check_points(self) -> list[dict[str, int]]:
+        """The base trace's sizes, plus (once sizes are symbolic) one size no trace used."""
+        points = [dict(self.captured.base.sizes)]
+        if self.generalized and self.settings.dims:
+            first = self.settings.dims[0]
+            used = {c.sizes[first.name] for c in self.captured.captures}
+            other = next((s for s in reversed(verification_sizes(first)) if s not in used), None)
+            if other is not None:
+                points.append({**points[0], first.name: other})
+        return points
+
+    def check_pass(self, name: str, gm: torch.fx.GraphModule) -> None:
+        for sizes in self.check_points():
+            inputs = inputs_at(self.captured.example, self.settings.dims, sizes)
+            with torch.no_grad():
+                want = pytree.tree_leaves(self.model(*inputs))
+                got = list(gm(*[t.to(torch.float32) if t.dtype == torch.float64 else t for t in inputs]))
+            bad = _first_mismatch(want, got, self.settings.atol, self.settings.rtol)
+            if bad is None:
+                continue
+            node = self.first_diverging_node(gm, sizes)
+            where = f"; first diverging node: {node.name} ({fmt_call(node)})" if node is not None else ""
+            raise PassError(
+                f"pass {name} broke the model: {bad} at sizes {sizes}{where}",
+                node=node.name if node is not None else None,
+                source=source_of(node) if node is not None else None,
+                hint="passes that ran before it: " + (", ".join(self.ran[:-1]) or "none"),
+            )
+
+    def first_diverging_node(self, gm: torch.fx.GraphModule, sizes: dict[str, int]) -> torch.fx.Node | None:
+        """Compare every node value with the untouched trace at the base sizes; the first that differs."""
+        if sizes != self.captured.base.sizes:
+            sizes = dict(self.captured.base.sizes)
+        inputs = [t.to(torch.float32) if t.dtype == torch.float64 else t
+                  for t in inputs_at(self.captured.example, self.settings.dims, sizes)]
+        ref = _node_values(self.pristine, inputs)
+        got = _node_values(gm, inputs)
+        for node in gm.graph.nodes:
+            if node.name in ref and node.name in got and node.op == "call_function":
+                a, b = ref[node.name], got[node.name]
+                if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape:
+                    if _differs(a, b, self.settings.atol, self.settings.rtol):
+                        return node
+        # A node whose output changed shape or dtype is the other kind of divergence.
+        for node in gm.graph.nodes:
+            if node.name in ref and node.name in got and isinstance(ref[node.name], torch.Tensor):
+                b = got[node.name]
+                if isinstance(b, torch.Tensor) and b.shape != ref[node.name].shape:
+                    return node
+        return None
+
+
+def fmt_call(node: torch.fx.Node) -> str:
+    from fxtrt.passes.infra import call_text
+
+    return call_text(node)
+
+
+def _node_values(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            out = super().run_node(n)
+            values[n.name] = out
+            return out
+
+    with torch.no_grad():
+        Recorder(gm).run(*inputs)
+    return values
+
+
+def _differs(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
+    if a.dtype != b.dtype and not (a.is_floating_point() and b.is_floating_point()):
+        return not torch.equal(a.to(torch.float64), b.to(torch.float64))
+    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    if a64.numel() == 0:
+        return False
+    return bool(((a64 - b64).abs() > atol + rtol * a64.abs()).any())
+
+
+def _first_mismatch(want: Sequence[Any], got: Sequence[Any], atol: float, rtol: float) -> str | None:
+    if len(want) != len(got):
+        return f"{len(got)} outputs instead of {len(want)}"
+    for i, (w, g) in enumerate(zip(want, got)):
+        if not isinstance(w, torch.Tensor):
+            continue
+        if tuple(w.shape) != tuple(g.shape):
+            return f"output {i} has shape {list(g.shape)} instead of {list(w.shape)}"
+        if _differs(w, g, atol, rtol):
+            err = (w.double() - g.double()).abs().max().item()
+            return f"output {i} differs by up to {err:.3g}"
+    return None

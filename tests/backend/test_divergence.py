@@ -1,0 +1,63 @@
+"""The layer-wise search finds a divergence planted in the emitted ONNX."""
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import pytest
+import torch
+
+import fxtrt
+from fxtrt.backend.divergence import find_divergence
+from fxtrt.backend.verify import VerifyRow, raise_on_failure
+from tests import seed_models as sm
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("div") / "out"
+    return fxtrt.compile(sm.IntSizeView().eval(), torch.randn(1, 3, 16, 16), batch=(1, 4, 8), out_dir=out,
+                         trace_divergence=True)
+
+
+def plant(compiled, tmp_path, initializer: str):
+    model = onnx.load(str(compiled.onnx_path))
+    for init in model.graph.initializer:
+        if init.name == initializer:
+            arr = onnx.numpy_helper.to_array(init).copy()
+            arr.flat[0] += 1.0
+            init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    path = tmp_path / "planted.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def search(compiled, path):
+    x = torch.randn(3, 3, 16, 16)
+    return find_divergence(path, compiled.graph_module, [x], {"x": x.numpy()}, 1e-4, 1e-3)
+
+
+def test_clean_model_has_no_divergence(compiled):
+    assert search(compiled, compiled.onnx_path) is None
+    assert compiled.report.stages["divergence"] == {"result": "no ONNX value differs from the FX graph"}
+
+
+@pytest.mark.parametrize(
+    "initializer, onnx_node, fx_node, line_offset",
+    [("conv.bias", "node_conv2d", "conv2d", -1), ("fc.bias", "node_linear", "linear", +1)],
+)
+def test_planted_constant_is_found(compiled, tmp_path, initializer, onnx_node, fx_node, line_offset):
+    names = {i.name for i in onnx.load(str(compiled.onnx_path)).graph.initializer}
+    assert initializer in names
+    found = search(compiled, plant(compiled, tmp_path, initializer))
+    assert found is not None
+    assert (found.onnx_node, found.fx_node) == (onnx_node, fx_node)
+    assert found.source.endswith(f"seed_models.py:{sm.line_of(sm.IntSizeView, 'int-view') + line_offset}")
+    assert found.max_abs >= 0.5
+
+
+def test_verification_error_names_the_divergence(compiled, tmp_path):
+    found = search(compiled, plant(compiled, tmp_path, "fc.bias"))
+    rows = [VerifyRow({"batch": 3}, "output", (3, 10), 1.0, 1.0, False)]
+    with pytest.raises(fxtrt.VerificationError) as info:
+        raise_on_failure(rows, 1e-4, 1e-3, found)
+    assert info.value.node == "node_linear" and info.value.source == found.source
+    assert "first divergence: ONNX node node_linear (Gemm)" in str(info.value)
