@@ -82,7 +82,7 @@ class TransformerBlock(nn.Module):
         att = (q @ k.transpose(-2, -1)) / (c // self.heads) ** 0.5
         y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, t, c)
         x = x + self.proj(y)
-        return x + self.mlp(self.ln2(x))
+        return x + self.mlp(self.ln2(x))  # LINE: mlp-out
 
 
 class Float64Buffer(nn.Module):
@@ -175,3 +175,30 @@ def line_of(cls: type, tag: str) -> int:
         if f"# LINE: {tag}" in text:
             return start + i
     raise LookupError(tag)
+
+
+class Fp16Overflow(nn.Module):
+    """Activations past fp16's 65504 going into LayerNorm and Softmax: a plain fp16 cast gives inf/NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.ln = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = self.fc(x) * 300.0  # LINE: scale
+        h = h * h  # LINE: square
+        return torch.softmax(self.head(self.ln(h)), dim=-1)  # LINE: norm-softmax
+
+
+class PerStepLoop(nn.Module):
+    """A Python loop over time steps: the structure depends on the sequence length, not the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        steps = [torch.tanh(self.fc(x[:, t])) for t in range(x.size(1))]  # LINE: step-loop
+        return torch.stack(steps, 1).sum(1)
