@@ -29,7 +29,7 @@ from fxtrt.errors import PassError
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.frontend.inputs import inputs_at, verification_sizes
 from fxtrt.frontend.source import source_of
-from fxtrt.passes.infra import PassResult, fmt
+from fxtrt.passes.infra import PassResult, call_text, fmt, node_values
 from fxtrt.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class PassDebugger:
             if bad is None:
                 continue
             node = self.first_diverging_node(gm, sizes)
-            where = f"; first diverging node: {node.name} ({fmt_call(node)})" if node is not None else ""
+            where = f"; first diverging node: {node.name} ({call_text(node)})" if node is not None else ""
             raise PassError(
                 f"pass {name} broke the model: {bad} at sizes {sizes}{where}",
                 node=node.name if node is not None else None,
@@ -123,8 +123,8 @@ class PassDebugger:
             sizes = dict(self.captured.base.sizes)
         inputs = [t.to(torch.float32) if t.dtype == torch.float64 else t
                   for t in inputs_at(self.captured.example, self.settings.dims, sizes)]
-        ref = _node_values(self.pristine, inputs)
-        got = _node_values(gm, inputs)
+        ref = node_values(self.pristine, inputs)
+        got = node_values(gm, inputs)
         for node in gm.graph.nodes:
             if node.name in ref and node.name in got and node.op == "call_function":
                 a, b = ref[node.name], got[node.name]
@@ -138,26 +138,6 @@ class PassDebugger:
                 if isinstance(b, torch.Tensor) and b.shape != ref[node.name].shape:
                     return node
         return None
-
-
-def fmt_call(node: torch.fx.Node) -> str:
-    from fxtrt.passes.infra import call_text
-
-    return call_text(node)
-
-
-def _node_values(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, n: torch.fx.Node) -> Any:
-            out = super().run_node(n)
-            values[n.name] = out
-            return out
-
-    with torch.no_grad():
-        Recorder(gm).run(*inputs)
-    return values
 
 
 def _differs(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:

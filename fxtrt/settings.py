@@ -15,9 +15,11 @@ import torch
 
 from fxtrt.errors import ConfigError
 
-TARGETS = ("onnx",)
-PRECISIONS = ("fp32",)
+TARGETS = ("onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
 BATCH_NAME = "batch"
+# compile()'s default batch range; with ``buckets`` any other ``batch`` is an error (see _check_buckets).
+DEFAULT_BATCH = (1, 8, 32)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class Settings:
     out_dir: Path | None = None
     debug_dir: Path | None = None
     trace_divergence: bool = False
+    buckets: tuple[int, ...] | None = None
+    keep_dynamic: str = BATCH_NAME
+    fp16_atol: float = 1e-2
+    fp16_rtol: float = 1e-2
     external_data_threshold: int = 2 * 1024**3 - 64 * 1024**2
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -73,6 +79,8 @@ class Settings:
             "out_dir": str(self.out_dir) if self.out_dir else None,
             "debug_dir": str(self.debug_dir) if self.debug_dir else None,
             "trace_divergence": self.trace_divergence,
+            "buckets": list(self.buckets) if self.buckets is not None else None,
+            "keep_dynamic": self.keep_dynamic, "fp16_atol": self.fp16_atol, "fp16_rtol": self.fp16_rtol,
         }
 
 
@@ -200,17 +208,13 @@ def make_dims(
                 g["sites"].append((i, d))
         used = {"batch"}
         for g in groups.values():
-            name = g["name"] or f"{_base_name(inputs, g['sites'][0])}"
+            name = g["name"] or "dim{}_{}".format(*g["sites"][0])
             if name in used:
                 raise ConfigError(f"dynamic dim name {name!r} is used twice")
             used.add(name)
             lo, opt, hi = g["range"]
             dims.append(DynamicDim(name, lo, opt, hi, tuple(g["sites"]), g["size"]))
     return tuple(dims)
-
-
-def _base_name(inputs: Sequence[torch.Tensor], site: tuple[int, int]) -> str:
-    return f"dim{site[0]}_{site[1]}"
 
 
 def check_out_dir(out_dir: Any, arg: str = "out_dir") -> Path | None:
@@ -250,6 +254,10 @@ def make_settings(
     rtol: Any,
     debug_dir: Any = None,
     trace_divergence: Any = False,
+    buckets: Any = None,
+    keep_dynamic: Any = BATCH_NAME,
+    fp16_atol: Any = 1e-2,
+    fp16_rtol: Any = 1e-2,
     targets: Sequence[str] = TARGETS,
     precisions: Sequence[str] = PRECISIONS,
     **extra: Any,
@@ -263,7 +271,7 @@ def make_settings(
         raise ConfigError(f"target={target!r} is not supported; choose one of {list(targets)}")
     if precision not in precisions:
         raise ConfigError(f"precision={precision!r} is not supported; choose one of {list(precisions)}")
-    for name, tol in (("atol", atol), ("rtol", rtol)):
+    for name, tol in (("atol", atol), ("rtol", rtol), ("fp16_atol", fp16_atol), ("fp16_rtol", fp16_rtol)):
         if not isinstance(tol, (int, float)) or isinstance(tol, bool) or tol < 0:
             raise ConfigError(f"{name} must be a non-negative number, got {tol!r}")
     if passes is not None:
@@ -273,11 +281,57 @@ def make_settings(
             if not (isinstance(p, str) or callable(p)):
                 raise ConfigError(f"passes: {p!r} is neither a registered pass name nor a callable")
         passes = tuple(passes)
+    buckets = _check_buckets(buckets, batch)
+    if buckets is not None:
+        batch = (buckets[0], buckets[len(buckets) // 2], buckets[-1])
+    dims = make_dims(inputs, batch, batch_dims, dynamic)
+    _check_keep_dynamic(keep_dynamic, dims, target, buckets)
     return Settings(
-        dims=make_dims(inputs, batch, batch_dims, dynamic),
+        dims=dims,
         input_names=input_names_of(model, len(inputs)),
         opset=opset, target=target, precision=precision, passes=passes,
         verify=bool(verify), atol=float(atol), rtol=float(rtol),
         out_dir=check_out_dir(out_dir), extra=dict(extra),
         debug_dir=check_out_dir(debug_dir, "debug_dir"), trace_divergence=bool(trace_divergence),
+        buckets=buckets, keep_dynamic=keep_dynamic, fp16_atol=float(fp16_atol), fp16_rtol=float(fp16_rtol),
     )
+
+
+def _check_buckets(buckets: Any, batch: Any) -> tuple[int, ...] | None:
+    """``buckets``: sorted, unique, positive ints. They replace ``batch``: the batch range becomes
+    min(buckets)..max(buckets), and a ``batch`` other than the default (1, 8, 32) or None is an
+    error, since it would be ignored."""
+    if buckets is None:
+        return None
+    if (isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence) or not buckets
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in buckets)):
+        raise ConfigError(f"buckets must be a non-empty sequence of ints, got {buckets!r}", hint="e.g. buckets=(1, 4, 8, 16)")
+    if any(b < 1 for b in buckets):
+        raise ConfigError(f"buckets must be positive batch sizes, got {tuple(buckets)}")
+    if list(buckets) != sorted(set(buckets)):
+        raise ConfigError(f"buckets must be sorted and unique, got {tuple(buckets)}",
+                          hint=f"e.g. buckets={tuple(sorted(set(buckets)))}")
+    if batch is not None and (not isinstance(batch, (tuple, list)) or tuple(batch) != DEFAULT_BATCH):
+        raise ConfigError(
+            f"pass either batch or buckets, not both: buckets={tuple(buckets)} serve batches of any size, "
+            f"so batch={batch!r} would be ignored",
+            hint="drop batch=..., or drop buckets=... for one dynamic-batch model",
+        )
+    return tuple(buckets)
+
+
+def _check_keep_dynamic(keep_dynamic: Any, dims: Sequence[DynamicDim], target: Any, buckets: Any) -> None:
+    """With target="tensorrt" and more than one dynamic dim, the dim that stays dynamic in the
+    engines (the others are discretised); a bucket set keeps every non-batch dim dynamic."""
+    if not isinstance(keep_dynamic, str) or not keep_dynamic:
+        raise ConfigError(f"keep_dynamic must be the name of a dynamic dim, got {keep_dynamic!r}")
+    names = [d.name for d in dims]
+    if keep_dynamic != BATCH_NAME and keep_dynamic not in names:
+        raise ConfigError(f"keep_dynamic={keep_dynamic!r} is not a dynamic dim; the dynamic dims are {names}",
+                          hint="name dims with dynamic={input: {dim: (name, min, opt, max)}}")
+    if target == "tensorrt" and buckets is None and len(dims) > 1 and keep_dynamic not in names:
+        raise ConfigError(
+            f"keep_dynamic={keep_dynamic!r} is not a dynamic dim; with target='tensorrt' and dims {names}, "
+            "name the one that stays dynamic in the engines (the others get one engine per size)",
+            hint=f"e.g. keep_dynamic={names[0]!r}",
+        )

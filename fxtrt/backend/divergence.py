@@ -21,6 +21,7 @@ import torch.fx
 
 from fxtrt.backend.cleanup import onnx_node_source
 from fxtrt.frontend.source import source_of
+from fxtrt.passes.infra import node_values
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +48,6 @@ class Divergence:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def fx_values(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every tensor value of the FX graph, by node name."""
-    values: dict[str, torch.Tensor] = {}
-
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, n: torch.fx.Node) -> Any:
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor):
-                values[n.name] = out.detach()
-            return out
-
-    with torch.no_grad():
-        Recorder(gm).run(*inputs)
-    return values
 
 
 def onnx_values(model_path: Path, feed: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -94,7 +79,7 @@ def find_divergence(
     rounding spread over a large tensor is not mistaken for the divergence.
     """
     model, got = onnx_values(model_path, feed)
-    want = fx_values(gm, inputs)
+    want = node_values(gm, inputs)
     by_name = {n.name: n for n in gm.graph.nodes}
     # Graph outputs carry the ONNX output names ("output"), not the FX node's; pair them by position.
     fx_outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
