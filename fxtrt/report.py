@@ -64,9 +64,7 @@ class Report:
         out.append("passes:")
         for p in self.passes:
             out.append(f"  {p.name}: {len(p.changes)} change(s) in {p.seconds:.2f}s")
-            for c in p.changes:
-                where = f" [{c.source}]" if c.source else ""
-                out.append(f"    {c.node}{where}: {c.before} -> {c.after}")
+            out += _change_lines(p.changes)
         n_before, n_after = sum(self.ops_before.values()), sum(self.ops_after.values())
         out.append(f"ONNX ops: {n_before} before cleanup, {n_after} after")
         out.append("  " + ", ".join(f"{k}={v}" for k, v in self.ops_after.items()))
@@ -74,11 +72,26 @@ class Report:
             out.append("verification:")
             out += ["  " + line for line in format_rows(self.verification).splitlines()]
         for name, stage in self.stages.items():
-            out.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in stage.items()))
+            out += _STAGE_TEXT.get(name, _generic_stage)(name, stage)
         out.append("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         for k, v in self.artifacts.items():
             out.append(f"{k}: {v}")
         return "\n".join(out)
+
+
+def _change_lines(changes: list, limit: int = 8) -> list[str]:
+    """Each change, or for long lists one example per source line with a count (report.json has all)."""
+    if len(changes) <= limit:
+        return [f"    {c.node}{f' [{c.source}]' if c.source else ''}: {c.before} -> {c.after}" for c in changes]
+    groups: dict[str | None, list] = {}
+    for c in changes:
+        groups.setdefault(c.source, []).append(c)
+    lines = []
+    for source, group in groups.items():
+        c = group[0]
+        more = f" (and {len(group) - 1} more like it)" if len(group) > 1 else ""
+        lines.append(f"    [{source or 'unknown'}] {c.node}: {c.before} -> {c.after}{more}")
+    return lines
 
 
 def _json_default(value: Any) -> Any:
@@ -87,3 +100,70 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, float):
         return value
     return repr(value)
+
+
+def _generic_stage(name: str, stage: dict[str, Any]) -> list[str]:
+    return [f"{name}: " + ", ".join(f"{k}={v}" for k, v in stage.items())]
+
+
+def _buckets_text(name: str, stage: dict[str, Any]) -> list[str]:
+    how = "chosen automatically" if stage.get("automatic") else "as asked"
+    out = [f"{name}: one static-batch model per batch size {stage.get('buckets')} ({how})"]
+    out.append(f"  why: {stage.get('why')}")
+    if stage.get("source"):
+        out.append(f"  at: {stage['source']}")
+    if stage.get("models"):
+        out.append("  models: " + ", ".join(stage["models"].values()))
+    if stage.get("serving"):
+        out.append(f"  serving: {stage['serving']}")
+    return out
+
+
+def _fp16_text(name: str, stage: dict[str, Any]) -> list[str]:
+    kept = stage.get("kept_fp32", [])
+    rounds = stage.get("rounds", [])
+    state = ("passed" if stage.get("passed") else "FAILED") if stage.get("repaired", True) else "not repaired or verified"
+    out = [f"{name}: {state} at atol={stage.get('atol'):g}, rtol={stage.get('rtol'):g} in {len(rounds)} round(s); "
+           f"{', '.join(stage.get('models', []))}; {len(kept)} node(s) kept in fp32:"]
+    for k in kept:
+        bucket = f"b{k['bucket']} " if "bucket" in k else ""
+        where = f" [{k['source']}]" if k.get("source") else ""
+        out.append(f"  {bucket}{k['name']} ({k['op_type']}){where} {k['rule']}, round {k['round']}: {k['reason']}")
+    for r in rounds:
+        bucket = f"b{r['bucket']} " if "bucket" in r else ""
+        worst = max(r.get("ort_outputs") or r.get("outputs") or [{}], key=lambda o: o.get("max_abs", 0.0))
+        figures = f"max_abs {worst.get('max_abs', 0.0):.3g}" + (f", {worst['nonfinite']} inf/nan" if worst.get("nonfinite") else "")
+        then = (f"; diverges first at {', '.join(r['first_divergence'])}, keeps {', '.join(r['added']) or 'nothing new'}"
+                if not r.get("passed") else "")
+        out.append(f"  {bucket}round {r['round']}: {r['fp32_nodes']} fp32 node(s), {figures}, "
+                   f"{'ok' if r.get('passed') else 'fails'}{then}")
+    return out
+
+
+def _engines_text(name: str, stage: dict[str, Any]) -> list[str]:
+    plan = stage.get("plan", {})
+    engines = plan.get("engines", [])
+    if stage.get("status") == "built":
+        out = [f"{name}: built {len(engines)} TensorRT engine(s) ({stage.get('reason')})"]
+    else:
+        out = [f"{name}: skipped, {len(engines)} engine(s) planned and none built: {stage.get('reason')}"]
+    kind = plan.get("kind")
+    split = ", ".join(f"{d} discretised to {v}" for d, v in plan.get("split", {}).items())
+    if kind == "split":
+        out.append(f"  plan: {plan.get('keep_dynamic')} dynamic, {split}")
+    elif kind == "buckets":
+        out.append(f"  plan: one static-batch engine per bucket ({split})")
+    else:
+        out.append(f"  plan: one engine, {plan.get('keep_dynamic') or 'static shapes'}"
+                   + (" dynamic" if plan.get("keep_dynamic") else ""))
+    width = max((len(e["engine"]) for e in engines), default=0)
+    for e in engines:
+        out.append(f"  {e['engine']:<{width}}  {e['description']}  (from {e['onnx']})")
+    if stage.get("status") == "built":
+        out.append(f"  {stage.get('script')}: rebuilds them")
+    else:
+        out.append(f"  {stage.get('script')}: builds and checks them on a machine with TensorRT 10/11 and a GPU")
+    return out
+
+
+_STAGE_TEXT = {"buckets": _buckets_text, "fp16": _fp16_text, "engines": _engines_text}

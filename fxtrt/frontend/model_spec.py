@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
 import torch
 
 from fxtrt.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DTYPES = {
     "float32": torch.float32, "float": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -32,6 +35,7 @@ def load_model(spec: str) -> torch.nn.Module:
             model = torchvision.models.get_model(attr, weights=None)
         except ValueError as exc:
             raise ConfigError(f"torchvision has no model {attr!r}", hint="see torchvision.models.list_models()") from exc
+        _fill_zero_parameters(model, spec)
     else:
         module = _import(source)
         factory = getattr(module, attr, None)
@@ -41,6 +45,19 @@ def load_model(spec: str) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"{spec} did not give a torch.nn.Module but a {type(model).__name__}")
     return model.eval()
+
+
+def _fill_zero_parameters(model: torch.nn.Module, spec: str) -> None:
+    """Random-init models with all-zero tensors (ViT's head) output constants; verifying those proves nothing."""
+    filled = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1 and not p.any():
+                torch.nn.init.normal_(p, std=0.02)
+                filled.append(name)
+    if filled:
+        log.info("%s: gave random values to all-zero parameters %s, so verification is meaningful",
+                 spec, ", ".join(filled))
 
 
 def _import(source: str):
