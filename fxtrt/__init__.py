@@ -13,6 +13,7 @@ from fxtrt.errors import (
     GeneralizationError,
     PassError,
     PrecisionError,
+    StructureError,
     VerificationError,
 )
 from fxtrt.explain import Explanation, explain
@@ -24,5 +25,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CaptureError", "CompiledModel", "ConfigError", "EmitError", "EngineError", "FxtrtError",
     "Change", "Explanation", "GeneralizationError", "PassContext", "PassError", "PassResult", "PrecisionError",
-    "Report", "VerificationError", "compile", "explain", "onnx_export",
+    "Report", "StructureError", "VerificationError", "compile", "explain", "onnx_export",
 ]

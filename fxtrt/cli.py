@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from fxtrt.errors import ConfigError, FxtrtError
+from fxtrt.settings import PRECISIONS, TARGETS
 
 
 def _ints(text: str, sep: str, what: str) -> tuple[int, ...]:
@@ -25,6 +26,14 @@ def parse_batch(text: str) -> tuple[int, int, int] | None:
     if len(parts) != 3:
         raise ConfigError(f"--batch {text!r}: expected MIN:OPT:MAX, e.g. 1:8:32, or 'none'")
     return parts  # type: ignore[return-value]
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """``1,4,8,16`` -> (1, 4, 8, 16); compile() checks they are sorted, unique and positive."""
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,4,8,16, got {text!r}") from None
 
 
 def parse_batch_dims(text: str | None) -> tuple[int | None, ...] | None:
@@ -72,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--debug-dir", help="dump the graph after every pass here, and check each pass numerically")
     c.add_argument("--trace-divergence", action="store_true",
                    help="compare every ONNX intermediate with the FX graph, even when verification passes")
+    c.add_argument("--target", choices=TARGETS, default="onnx",
+                   help="tensorrt: also plan TensorRT engines and write build_engines.sh (built here only with "
+                        "TensorRT and a GPU)")
+    c.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp16: also write model_fp16.onnx, repaired and verified at --fp16-atol/--fp16-rtol")
+    c.add_argument("--buckets", type=parse_buckets, metavar="B1,B2,...",
+                   help="one static-batch model per size, e.g. 1,4,8,16, served as one model (replaces --batch)")
+    c.add_argument("--keep-dynamic", default="batch", metavar="DIM",
+                   help="with --target tensorrt and several dynamic dims, the one that stays dynamic (default batch)")
+    c.add_argument("--fp16-atol", type=float, default=1e-2)
+    c.add_argument("--fp16-rtol", type=float, default=1e-2)
 
     e = sub.add_parser("explain", help="list what would break a dynamic export, with source lines; emit nothing")
     e.add_argument("spec", help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
@@ -123,6 +143,8 @@ def _compile(args: argparse.Namespace) -> int:
         dynamic=parse_dynamic(args.dynamic), out_dir=args.out, opset=args.opset,
         atol=args.atol, rtol=args.rtol, verify=not args.no_verify,
         debug_dir=args.debug_dir, trace_divergence=args.trace_divergence,
+        target=args.target, precision=args.precision, buckets=args.buckets, keep_dynamic=args.keep_dynamic,
+        fp16_atol=args.fp16_atol, fp16_rtol=args.fp16_rtol,
     )
     print(compiled.report.to_text())
     print(f"\nartifacts written to {compiled.onnx_path.parent}")

@@ -46,6 +46,11 @@ class GeneralizationError(FxtrtError):
     """A captured graph cannot be made dynamic in the requested dims."""
 
 
+class StructureError(GeneralizationError):
+    """The graph's structure (not just its sizes) changes with a dynamic dim, e.g. a Python
+    loop over the samples. With a dynamic batch, compile() falls back to a static-batch bucket set."""
+
+
 class PassError(FxtrtError):
     """A graph pass failed or broke the graph's numerics."""
 

@@ -158,12 +158,14 @@ def test_speech_encoder_dynamic_batch_and_time():
     assert_matches_eager(model, compiled, (x.repeat(3, 3, 1)[:, :77], mask.repeat(3, 1, 3)[..., :77]))
 
 
-def test_structure_depending_on_batch_is_refused_with_source_line(tmp_path):
+def test_structure_depending_on_a_non_batch_dim_is_refused_with_source_line(tmp_path):
+    # A loop over the batch falls back to a bucket set (tests/test_buckets_api.py); over another
+    # dynamic dim there is nothing to fall back to.
     out = tmp_path / "out"
-    with pytest.raises(fxtrt.GeneralizationError) as info:
-        fxtrt.compile(sm.PerSampleLoop(), torch.randn(1, 8), batch=(1, 8, 32), out_dir=out)
-    assert info.value.source == f"{SEED_FILE}:{sm.line_of(sm.PerSampleLoop, 'loop')}"
-    assert "structure depends on the batch size" in str(info.value)
+    with pytest.raises(fxtrt.StructureError) as info:
+        fxtrt.compile(sm.PerStepLoop(), torch.randn(1, 4, 8), batch=None, dynamic={0: {1: (2, 4, 8)}}, out_dir=out)
+    assert info.value.source == f"{SEED_FILE}:{sm.line_of(sm.PerStepLoop, 'step-loop')}"
+    assert "structure depends on the size of 'dim0_1'" in str(info.value)
     assert not out.exists()
 
 

@@ -25,10 +25,10 @@ def test_compile_from_a_file_spec(tmp_path):
 
 def test_failure_exits_non_zero_with_the_source_line(tmp_path):
     out = tmp_path / "out"
-    proc = fxtrt("compile", f"{SEED_FILE}:PerSampleLoop", "--input", "1x8", "--out", str(out))
+    proc = fxtrt("compile", f"{SEED_FILE}:ValueDependent", "--input", "1x8", "--input", "1:int64", "--out", str(out))
     assert proc.returncode == 1
-    assert f"seed_models.py:{sm.line_of(sm.PerSampleLoop, 'loop')}" in proc.stderr
-    assert "GeneralizationError" not in proc.stderr or "structure" in proc.stderr
+    assert f"seed_models.py:{sm.line_of(sm.ValueDependent, 'tolist')}" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not out.exists()
 
 
@@ -42,3 +42,30 @@ def test_two_inputs_with_batch_dims(tmp_path):
                  "--batch", "1:2:4", "--batch-dims", "1,1", "--out", str(tmp_path / "o"))
     assert proc.returncode == 0, proc.stderr
     assert "x: [7, 'batch', 16]" in proc.stdout
+
+
+def test_tensorrt_target_and_fp16_precision(tmp_path):
+    from fxtrt.backend.tensorrt import parse_build_script
+
+    out = tmp_path / "out"
+    proc = fxtrt("compile", f"{SEED_FILE}:Fp16Overflow", "--input", "1x16", "--batch", "1:2:4",
+                 "--target", "tensorrt", "--precision", "fp16", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "kept in fp32" in proc.stdout and f"seed_models.py:{sm.line_of(sm.Fp16Overflow, 'square')}" in proc.stdout
+    assert "engines: skipped" in proc.stdout or "engines: built" in proc.stdout
+    assert {c.onnx for c in parse_build_script(out / "build_engines.sh")} == {"model_fp16.onnx"}
+    assert f"artifacts written to {out}" in proc.stdout
+
+
+def test_bad_buckets_exit_2(capsys):
+    import pytest
+
+    from fxtrt.cli import build_parser
+
+    proc = fxtrt("compile", f"{SEED_FILE}:SizeView", "--input", "1x3x16x16", "--buckets", "4,1")
+    assert proc.returncode == 2 and "buckets must be sorted and unique" in proc.stderr
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["compile", "x:y", "--input", "1x8", "--buckets", "four"])
+    assert info.value.code == 2 and "--buckets" in capsys.readouterr().err
+    args = build_parser().parse_args(["compile", "x:y", "--input", "1x8", "--buckets", "1,4,8"])
+    assert args.buckets == (1, 4, 8) and args.target == "onnx" and args.precision == "fp32"

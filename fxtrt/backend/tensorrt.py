@@ -594,8 +594,13 @@ def _polygraphy_shapes(shapes: Sequence[tuple[str, tuple[int, ...]]]) -> list[st
 
 
 def trtexec_argv(spec: EngineSpec, onnx: str, engine: str, timing_cache: str) -> list[str]:
-    """trtexec arguments (without the program) that build ``spec`` into ``engine``."""
-    argv = [f"--onnx={onnx}", "--stronglyTyped"]
+    """trtexec arguments (without the program) that build ``spec`` into ``engine``.
+
+    ``--noTF32``: trtexec turns TF32 on by default, which rounds fp32 matmuls/convs to 10-bit
+    mantissas; the Polygraphy paths build with ``tf32=False``, and all three must give the same
+    engine (TF32 is not a precision flag, so TensorRT 11 keeps it).
+    """
+    argv = [f"--onnx={onnx}", "--stronglyTyped", "--noTF32"]
     dyn = [p for p in spec.inputs if p.dynamic]
     if dyn:
         argv += [

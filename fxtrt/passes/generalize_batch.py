@@ -25,7 +25,7 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
-from fxtrt.errors import GeneralizationError
+from fxtrt.errors import GeneralizationError, StructureError
 from fxtrt.frontend.source import source_of
 from fxtrt.passes.drop_shape_guards import guard_nodes
 from fxtrt.passes.infra import Change, PassContext, PassResult, call_text, change, fmt
@@ -192,7 +192,7 @@ class _Builder:
         return self.cache[key]
 
 
-def _structure_error(ctx: PassContext, caps, i: int) -> GeneralizationError:
+def _structure_error(ctx: PassContext, caps, i: int) -> StructureError:
     base, other = caps[0], caps[i]
     a, b = _ops(base.gm), _ops(other.gm)
     k = next((j for j, (x, y) in enumerate(zip(a, b)) if x.op != y.op or x.target != y.target), min(len(a), len(b)))
@@ -201,7 +201,7 @@ def _structure_error(ctx: PassContext, caps, i: int) -> GeneralizationError:
     detail = ""
     if k < len(a) and k < len(b):
         detail = f"; first difference: {call_text(a[k])} vs {call_text(b[k])}"
-    return GeneralizationError(
+    return StructureError(
         f"the graph's structure depends on the {_dim_word(base.sizes, other.sizes)} ({where}{detail})",
         node=culprit.name,
         source=source_of(culprit) or source_of(a[min(k, len(a) - 1)]),

@@ -1,0 +1,144 @@
+"""compile() with a static-batch bucket set: asked for, or chosen automatically when the graph's
+structure follows the batch. Real torch / onnx / onnxruntime / Polygraphy; served on ORT."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+
+import fxtrt
+from tests import seed_models as sm
+
+SEED_FILE = str(Path(sm.__file__).resolve())
+SERVE_BATCHES = (1, 3, 5, 8, 13, 16)
+
+
+def input_dims(path: Path) -> list:
+    model = onnx.load(str(path))
+    return [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    """A loop over the samples with a dynamic batch asked for: falls back to buckets by itself."""
+    model = sm.PerSampleLoop().eval()
+    out = tmp_path_factory.mktemp("loop") / "out"
+    return model, fxtrt.compile(model, torch.randn(1, 8), batch=(1, 8, 16), out_dir=out)
+
+
+def test_loop_over_samples_falls_back_to_buckets_and_says_why(loop):
+    _, compiled = loop
+    assert compiled.buckets == (1, 4, 8, 16)
+    stage = compiled.report.stages["buckets"]
+    assert stage["automatic"] is True and stage["buckets"] == [1, 4, 8, 16]
+    assert "structure depends on the batch size" in stage["why"]
+    assert stage["source"] == f"{SEED_FILE}:{sm.line_of(sm.PerSampleLoop, 'loop')}"
+    assert any("static-batch model per bucket" in n for n in compiled.report.notes)
+    text = compiled.report.to_text()
+    assert "buckets: one static-batch model per batch size [1, 4, 8, 16] (chosen automatically)" in text
+    assert f"at: {stage['source']}" in text
+
+
+def test_bucket_artifacts_are_static_one_per_bucket(loop):
+    _, compiled = loop
+    out = compiled.onnx_path.parent
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["model_b1.onnx", "model_b16.onnx", "model_b4.onnx", "model_b8.onnx", "report.json"]
+    assert compiled.onnx_paths == {b: out / f"model_b{b}.onnx" for b in (1, 4, 8, 16)}
+    assert compiled.onnx_path == out / "model_b16.onnx"  # the largest bucket
+    for b, path in compiled.onnx_paths.items():
+        assert input_dims(path) == [b, 8]
+    data = json.loads((out / "report.json").read_text())
+    assert data["artifacts"]["onnx_b4"] == str(out / "model_b4.onnx")
+    assert data["stages"]["buckets"]["models"] == {"1": "model_b1.onnx", "4": "model_b4.onnx", "8": "model_b8.onnx",
+                                                   "16": "model_b16.onnx"}
+
+
+def test_verification_covers_every_bucket_and_sizes_between_through_the_server(loop):
+    _, compiled = loop
+    rows = compiled.report.verification
+    assert all(r.passed for r in rows) and compiled.report.verified
+    assert [r.sizes["batch"] for r in rows] == [1, 3, 4, 7, 8, 13, 16, 17]
+    notes = {r.sizes["batch"]: r.note for r in rows}
+    assert notes[13] == "served as 8+4+1" and notes[17] == "served as 16+1"
+
+
+@pytest.mark.parametrize("batch", SERVE_BATCHES)
+def test_loop_model_serves_any_batch_like_eager(loop, batch):
+    model, compiled = loop
+    x = torch.randn(batch, 8)
+    with torch.no_grad():
+        want = model(x)
+    got = compiled(x)  # torch tensors, in the model's own output structure
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def squeezenet(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("squeezenet1_1", weights=None).eval()
+    out = tmp_path_factory.mktemp("squeezenet") / "out"
+    return model, fxtrt.compile(model, torch.randn(1, 3, 64, 64), buckets=(1, 4, 8, 16), out_dir=out)
+
+
+@pytest.mark.slow
+def test_torchvision_bucket_set_serves_any_batch_like_eager(squeezenet):
+    model, compiled = squeezenet
+    stage = compiled.report.stages["buckets"]
+    assert stage["automatic"] is False and stage["why"] == "buckets= was given"
+    assert compiled.report.verified
+    for batch in SERVE_BATCHES:
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            want = model(x).numpy()
+        (got,) = compiled.run(x)
+        assert got.shape == (batch, 1000)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+
+
+def test_value_dependent_sizes_never_fall_back(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(fxtrt.GeneralizationError) as info:
+        fxtrt.compile(sm.ValueDependent(), (torch.randn(1, 8), torch.tensor([3])), batch=(1, 8, 32), out_dir=out)
+    assert not isinstance(info.value, fxtrt.StructureError)
+    assert info.value.source == f"{SEED_FILE}:{sm.line_of(sm.ValueDependent, 'tolist')}"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(buckets=(4, 1)), "buckets must be sorted and unique"),
+        (dict(buckets=(1, 1, 4)), "buckets must be sorted and unique"),
+        (dict(buckets=(0, 4)), "buckets must be positive"),
+        (dict(buckets=()), "buckets must be a non-empty sequence of ints"),
+        (dict(buckets=(1, True)), "buckets must be a non-empty sequence of ints"),
+        (dict(buckets="1,4"), "buckets must be a non-empty sequence of ints"),
+        (dict(buckets=(1, 4), batch=(1, 4, 64)), "pass either batch or buckets"),
+    ],
+)
+def test_bad_buckets_are_a_config_error_naming_the_argument(tmp_path, kwargs, message):
+    with pytest.raises(fxtrt.ConfigError, match=message):
+        fxtrt.compile(torch.nn.Linear(3, 2), torch.randn(1, 3), out_dir=tmp_path / "out", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_buckets_with_batch_none_and_batch_dims(tmp_path):
+    """batch=None is accepted with buckets; batch_dims still says where the batch is."""
+    model = sm.SeqFirstGRU().eval()
+    compiled = fxtrt.compile(model, (torch.randn(3, 1, 16), torch.randn(2, 1, 32)), batch=None, batch_dims=(1, 1),
+                             buckets=(1, 2), out_dir=tmp_path / "out")
+    assert input_dims(compiled.onnx_paths[2]) == [3, 2, 16]
+    assert compiled.report.stages["buckets"]["output_batch_axes"] == {"output_0": 1, "output_1": 1}
+    x, h0 = torch.randn(3, 5, 16), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        want = model(x, h0)
+    got = compiled(x, h0)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
