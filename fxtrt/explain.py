@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from fxtrt.errors import FxtrtError, GeneralizationError
+from fxtrt.errors import FxtrtError, GeneralizationError, StructureError
 from fxtrt.frontend.capture import capture
 from fxtrt.frontend.source import SourceLocation, location_of
 from fxtrt.passes import PassContext
@@ -139,10 +139,15 @@ def explain(
     try:
         result = rewrite_size_literals(gm, ctx)
     except GeneralizationError as exc:
-        kind = "structure" if "structure" in exc.message else "baked-size"
-        node = next((n for n in gm.graph.nodes if n.name == exc.node), None)
-        found.add(kind, node if kind != "structure" else None, KINDS[kind],
-                  f"cannot: {exc.message}. {exc.hint or ''}".strip(), fixable=False, source=exc.source)
+        if isinstance(exc, StructureError):
+            batch_only = all(d.is_batch for d in settings.dims)
+            action = (f"cannot make one dynamic model ({exc.message}); compile() serves a set of static-batch "
+                      "models (buckets) instead" if batch_only else f"cannot: {exc.message}. {exc.hint or ''}")
+            found.add("structure", None, KINDS["structure"], action.strip(), fixable=batch_only, source=exc.source)
+        else:
+            node = next((n for n in gm.graph.nodes if n.name == exc.node), None)
+            found.add("baked-size", node, KINDS["baked-size"], f"cannot: {exc.message}. {exc.hint or ''}".strip(),
+                      fixable=False, source=exc.source)
     else:
         for c in result.changes:
             node = next((n for n in gm.graph.nodes if n.name == c.node), None)
