@@ -30,14 +30,25 @@ from fxtrt.backend.emit import dim_names, emit_onnx
 from fxtrt.backend.engines import raise_engine_mismatch, run_engine_stage, verify_engines
 from fxtrt.backend.precision import Fp16Stage, make_fp16
 from fxtrt.backend.tensorrt import BUILD_SCRIPT_NAME
-from fxtrt.backend.verify import TorchRunner, VerifyRow, format_rows, raise_on_failure, run_comparison
+from fxtrt.backend.verify import (
+    VerifyRow,
+    feeds_at,
+    format_rows,
+    ort_meta,
+    raise_on_failure,
+    run_comparison,
+    torch_outputs,
+    torch_runner,
+    verification_points,
+    verify_model,
+)
 from fxtrt.errors import ConfigError, EmitError, PrecisionError, StructureError
 from fxtrt.frontend.capture import CapturedGraph, capture
-from fxtrt.frontend.inputs import inputs_at, verification_sizes
+from fxtrt.frontend.inputs import inputs_at
 from fxtrt.debug import PassDebugger
 from fxtrt.passes import PassContext, resolve, run_passes
 from fxtrt.report import Report
-from fxtrt.settings import DynamicDim, Settings, make_settings, normalize_inputs
+from fxtrt.settings import Settings, make_settings, normalize_inputs
 
 log = logging.getLogger("fxtrt")
 
@@ -325,24 +336,9 @@ def _lower_buckets(
     return captured, server
 
 
-def _feeds(
-    inputs: Sequence[torch.Tensor], dims: Sequence[DynamicDim], names: Sequence[str], points: Sequence[dict[str, int]]
-) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
-    out = []
-    for sizes in points:
-        tensors = inputs_at(inputs, dims, sizes)
-        out.append((sizes, {n: (t.to(torch.float32) if t.dtype == torch.float64 else t).numpy()
-                            for n, t in zip(names, tensors)}))
-    return out
-
-
-def _torch_runner(model: torch.nn.Module, inputs: Sequence[torch.Tensor], captured: CapturedGraph, meta: Any) -> TorchRunner:
-    return TorchRunner(model, captured.input_names, [t.dtype for t in inputs], captured.output_names, meta)
-
-
 def _bucket_feeds(inputs, settings: Settings, captured: CapturedGraph, batch_sizes: Sequence[int]):
     others = [d for d in settings.dims if not d.is_batch]
-    return _feeds(inputs, settings.dims, captured.input_names, bucket_points(list(batch_sizes), others))
+    return feeds_at(inputs, settings.dims, captured.input_names, bucket_points(list(batch_sizes), others))
 
 
 def verify_buckets(
@@ -364,7 +360,7 @@ def verify_buckets(
     feeds = _bucket_feeds(inputs, settings, captured, bucket_verification_sizes(settings.buckets))
     meta = input_metadata(server.paths[server.buckets[-1]], settings.batch.sites)
     runner = BucketRunner(server, captured.input_names, captured.output_names, meta)
-    rows = run_comparison([_torch_runner(model, inputs, captured, meta), runner], feeds, atol, rtol)
+    rows = run_comparison([torch_runner(model, inputs, captured, meta), runner], feeds, atol, rtol)
     return [dataclasses.replace(r, note="; ".join(x for x in (note, f"served as {server.describe(r.sizes['batch'])}",
                                                               r.note) if x)) for r in rows]
 
@@ -384,7 +380,7 @@ def _to_fp16(
     atol, rtol = settings.fp16_atol, settings.fp16_rtol
     if server is None:
         jobs = [(None, stage_dir / MODEL_FILE, stage_dir / FP16_FILE,
-                 _feeds(inputs, settings.dims, captured.input_names, verification_points(settings.dims)))]
+                 feeds_at(inputs, settings.dims, captured.input_names, verification_points(settings.dims)))]
     else:
         jobs = [(b, path, stage_dir / bucket_file(b, "fp16"), _bucket_feeds(inputs, settings, captured, [b]))
                 for b, path in server.paths.items()]
@@ -392,7 +388,7 @@ def _to_fp16(
     for key, src, dest, feeds in jobs:
         refs = None
         if settings.verify:
-            refs = torch_outputs(_torch_runner(model, inputs, captured, input_metadata(src, sites)), feeds)
+            refs = torch_outputs(torch_runner(model, inputs, captured, input_metadata(src, sites)), feeds)
         make_fp16(src, dest, [f for _, f in feeds], refs, atol=atol, rtol=rtol,
                   threshold=settings.external_data_threshold, stage=fp16, key=key)
     report.stages["fp16"] = fp16.to_dict()
@@ -406,7 +402,7 @@ def _to_fp16(
         feeds = jobs[0][3]
         half = OnnxrtRunner(SessionFromOnnx(str(fp16.paths[None]), providers=["CPUExecutionProvider"]),
                             name="onnxruntime-fp16")
-        rows = run_comparison([_torch_runner(model, inputs, captured, ort_meta(stage_dir / MODEL_FILE)), half],
+        rows = run_comparison([torch_runner(model, inputs, captured, ort_meta(stage_dir / MODEL_FILE)), half],
                               feeds, atol, rtol)
         rows = [dataclasses.replace(r, note="; ".join(x for x in (note, r.note) if x)) for r in rows]
     else:
@@ -422,12 +418,6 @@ def _to_fp16(
             rows=rows, hint="relax fp16_atol / fp16_rtol, or keep this model in fp32",
         )
     return fp16
-
-
-def torch_outputs(runner: TorchRunner, feeds: Sequence[tuple[dict[str, int], dict[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
-    """The original model's outputs at ``feeds``: the reference for the fp16 repair."""
-    with runner:
-        return [dict(runner.infer(feed)) for _, feed in feeds]
 
 
 def _engines(
@@ -456,13 +446,13 @@ def _engines(
     if not settings.verify:
         return
     if server is None:
-        feeds = _feeds(inputs, settings.dims, captured.input_names, verification_points(settings.dims))
+        feeds = feeds_at(inputs, settings.dims, captured.input_names, verification_points(settings.dims))
         meta = ort_meta(stage_dir / MODEL_FILE)
     else:
         assert settings.batch is not None and settings.buckets is not None
         feeds = _bucket_feeds(inputs, settings, captured, settings.buckets)
         meta = input_metadata(server.paths[server.buckets[-1]], settings.batch.sites)
-    rows = verify_engines(engines, feeds, lambda: _torch_runner(model, inputs, captured, meta), atol, rtol)
+    rows = verify_engines(engines, feeds, lambda: torch_runner(model, inputs, captured, meta), atol, rtol)
     report.verification += rows
     raise_engine_mismatch(rows, atol, rtol)
 
@@ -542,24 +532,6 @@ def _shape_of(node: Any) -> tuple[int, ...] | None:
     return tuple(v.shape)
 
 
-def verification_points(dims: Sequence[DynamicDim]) -> list[dict[str, int]]:
-    """Batch at min/opt/odd/max with other dims at opt, then the corners of the other dims' extremes."""
-    if not dims:
-        return [{}]
-    opt = {d.name: d.opt for d in dims}
-    first, rest = dims[0], dims[1:]
-    points = [{**opt, first.name: s} for s in verification_sizes(first)]
-    for d in rest:
-        for s in sorted({d.min, d.max}):
-            for f in sorted({first.min, first.max}):
-                points.append({**opt, d.name: s, first.name: f})
-    unique = []
-    for p in points:
-        if p not in unique:
-            unique.append(p)
-    return unique
-
-
 def trace(gm, onnx_path: Path, captured: CapturedGraph, settings: Settings,
           sizes: dict[str, int] | None) -> "Divergence | None":
     """Layer-wise search at ``sizes`` (default: the first verification point)."""
@@ -568,35 +540,6 @@ def trace(gm, onnx_path: Path, captured: CapturedGraph, settings: Settings,
                for t in inputs_at(captured.example, settings.dims, sizes)]
     feed = {n: t.numpy() for n, t in zip(captured.input_names, tensors)}
     return find_divergence(onnx_path, gm, tensors, feed, settings.atol, settings.rtol)
-
-
-def verify_model(model: torch.nn.Module, onnx_path: Path, captured: CapturedGraph, settings: Settings) -> list[VerifyRow]:
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-    feeds = []
-    for sizes in verification_points(settings.dims):
-        tensors = inputs_at(captured.example, settings.dims, sizes)
-        feed = {n: (t.to(torch.float32) if t.dtype == torch.float64 else t).numpy()
-                for n, t in zip(captured.input_names, tensors)}
-        feeds.append((sizes, feed))
-    ort = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name="onnxruntime")
-    meta = ort_meta(onnx_path)
-    torch_runner = TorchRunner(model, captured.input_names, [t.dtype for t in captured.example],
-                               captured.output_names, meta)
-    return run_comparison([torch_runner, ort], feeds, settings.atol, settings.rtol)
-
-
-def ort_meta(onnx_path: Path):
-    """Input metadata for the torch runner: the ONNX inputs' names, dtypes and shapes."""
-    from polygraphy.common import TensorMetadata
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    meta = TensorMetadata()
-    for vi in model.graph.input:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        shape = [d.dim_param or d.dim_value or None for d in vi.type.tensor_type.shape.dim]
-        meta.add(vi.name, dtype=dtype, shape=shape)
-    return meta
 
 
 def onnx_export(model: torch.nn.Module, onnx_path: str | Path, input: torch.Tensor | None = None, opset: int = 17) -> Path:

@@ -3,6 +3,7 @@
 Three tiny seed patterns keep it to well under a minute on 2 cores: one that
 is dynamic (``view(x.size(0), -1)``) and two that bake the batch in with
 ``int(x.size(0))``, which at least one torch.onnx baseline must get wrong.
+Two fast unit tests pin down how a cell is judged.
 """
 
 import csv
@@ -25,7 +26,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fidelity")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.fidelity", "--quick", "--models", ",".join(MODELS), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=170,
+        cwd=REPO, capture_output=True, text=True, timeout=400,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, proc.stdout, json.loads((out / "results.json").read_text())
@@ -51,8 +52,9 @@ def test_every_model_gets_one_valid_outcome_per_exporter(quick_run):
 
 def test_progress_is_shown_per_model(quick_run):
     _, stdout, _ = quick_run
-    for i, model in enumerate(MODELS, 1):
-        assert f"[{i:>2}/{len(MODELS)}] {model}" in stdout
+    lines = stdout.splitlines()
+    for model in MODELS:
+        assert any(line.endswith(f"/{len(MODELS)}] {model}") for line in lines), f"no progress line for {model}"
 
 
 def test_a_baked_batch_is_caught_failing_in_a_torch_onnx_baseline(quick_run):
@@ -74,3 +76,29 @@ def test_a_passing_cell_has_its_measurements(quick_run):
     assert row["onnx_nodes"] >= row["shape_ops"] > 0, "view(x.size(0), -1) costs shape ops in the legacy exporter"
     for key in ("export_s", "ort_ms_b1", "ort_ms_b8", "peak_rss_mb"):
         assert row[key] > 0, key
+
+
+def test_a_child_that_dies_is_judged_by_the_phase_it_was_in(tmp_path):
+    from benchmarks.runner import ChildExit, finish_row
+
+    segfault = ChildExit(exitcode=-11, timed_out=False)
+    row = finish_row({"phase": "export"}, segfault, 900, tmp_path)
+    assert (row["outcome"], row["detail"]) == ("CRASH", "process died with signal 11 during export")
+    row = finish_row({"phase": "evaluate@8", "batches": {"1": {"status": "ok"}}}, segfault, 900, tmp_path)
+    assert row["outcome"] == "LOUD" and "at batch 8" in row["detail"]
+    row = finish_row({"phase": "evaluate@8", "batches": {"3": {"status": "wrong", "detail": "x"}}}, segfault, 900, tmp_path)
+    assert row["outcome"] == "SILENT", "a wrong answer outranks a later crash"
+    row = finish_row({"phase": "export"}, ChildExit(exitcode=None, timed_out=True), 900, tmp_path)
+    assert row["detail"] == "timed out after 900 s during export"
+
+
+def test_outputs_are_compared_by_shape_then_scaled_error():
+    import numpy as np
+
+    from benchmarks.outcomes import Tolerance, check_output
+
+    want = np.array([[100.0, 0.0], [1.0, -50.0]], dtype=np.float32)
+    assert check_output(want + 0.05, want, Tolerance()).ok, "within 1e-3 of the output's largest magnitude"
+    assert not check_output(want + 0.5, want, Tolerance()).ok
+    assert "shape" in check_output(want[:1], want, Tolerance()).reason
+    assert not check_output(np.array([True, False]), np.array([True, True]), Tolerance()).ok

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import onnx
 import torch
 import torch.utils._pytree as pytree
 from polygraphy.backend.base import BaseRunner
@@ -21,6 +23,9 @@ from polygraphy.common import TensorMetadata
 from polygraphy.logger import G_LOGGER
 
 from fxtrt.errors import VerificationError
+from fxtrt.frontend.capture import CapturedGraph
+from fxtrt.frontend.inputs import inputs_at, verification_sizes
+from fxtrt.settings import DynamicDim, Settings
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +168,68 @@ def raise_on_failure(rows: Sequence[VerifyRow], atol: float, rtol: float, diverg
         source=getattr(divergence, "source", None),
         hint=hint,
     )
+
+
+def ort_meta(onnx_path: Path) -> TensorMetadata:
+    """Input metadata for the torch runner: the ONNX inputs' names, dtypes and shapes."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    meta = TensorMetadata()
+    for vi in model.graph.input:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        shape = [d.dim_param or d.dim_value or None for d in vi.type.tensor_type.shape.dim]
+        meta.add(vi.name, dtype=dtype, shape=shape)
+    return meta
+
+
+def verification_points(dims: Sequence[DynamicDim]) -> list[dict[str, int]]:
+    """Batch at min/opt/odd/max with other dims at opt, then the corners of the other dims' extremes."""
+    if not dims:
+        return [{}]
+    opt = {d.name: d.opt for d in dims}
+    first, rest = dims[0], dims[1:]
+    points = [{**opt, first.name: s} for s in verification_sizes(first)]
+    for d in rest:
+        for s in sorted({d.min, d.max}):
+            for f in sorted({first.min, first.max}):
+                points.append({**opt, d.name: s, first.name: f})
+    unique: list[dict[str, int]] = []
+    for p in points:
+        if p not in unique:
+            unique.append(p)
+    return unique
+
+
+Feeds = list[tuple[dict[str, int], dict[str, np.ndarray]]]
+
+
+def feeds_at(
+    inputs: Sequence[torch.Tensor], dims: Sequence[DynamicDim], names: Sequence[str], points: Sequence[dict[str, int]]
+) -> Feeds:
+    """The example resized to each point, as ONNX feeds (float64 inputs become float32)."""
+    out = []
+    for sizes in points:
+        tensors = inputs_at(inputs, dims, sizes)
+        out.append((sizes, {n: (t.to(torch.float32) if t.dtype == torch.float64 else t).numpy()
+                            for n, t in zip(names, tensors)}))
+    return out
+
+
+def torch_runner(model: torch.nn.Module, inputs: Sequence[torch.Tensor], captured: CapturedGraph,
+                 meta: TensorMetadata) -> TorchRunner:
+    return TorchRunner(model, captured.input_names, [t.dtype for t in inputs], captured.output_names, meta)
+
+
+def torch_outputs(runner: TorchRunner, feeds: Feeds) -> list[dict[str, np.ndarray]]:
+    """The original model's outputs at ``feeds``: the reference for the fp16 repair."""
+    with runner:
+        return [dict(runner.infer(feed)) for _, feed in feeds]
+
+
+def verify_model(model: torch.nn.Module, onnx_path: Path, captured: CapturedGraph, settings: Settings) -> list[VerifyRow]:
+    """The ONNX model against the original at every verification point, driven by Comparator."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    feeds = feeds_at(captured.example, settings.dims, captured.input_names, verification_points(settings.dims))
+    ort = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name="onnxruntime")
+    runner = torch_runner(model, captured.example, captured, ort_meta(onnx_path))
+    return run_comparison([runner, ort], feeds, settings.atol, settings.rtol)

@@ -1,5 +1,4 @@
 """The layer-wise search finds a divergence planted in the emitted ONNX."""
-import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest

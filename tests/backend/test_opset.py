@@ -1,6 +1,5 @@
 """Down-conversion 18 → 17 on real torch.onnx output, run by ONNX Runtime."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch

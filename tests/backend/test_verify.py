@@ -1,11 +1,10 @@
 """The check itself: our elementwise rule, our CPU torch runner, Polygraphy's Comparator."""
 import numpy as np
-import onnx
 import pytest
 import torch
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-from fxtrt.api import ort_meta
+from fxtrt.backend.verify import ort_meta
 from fxtrt.backend.verify import TorchRunner, compare_arrays, raise_on_failure, run_comparison
 from fxtrt.errors import VerificationError
 
