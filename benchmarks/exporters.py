@@ -18,11 +18,12 @@ output.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -132,21 +133,35 @@ def _seed_recipe(
     import onnxsim
 
     raw = path.with_name(path.stem + ".raw.onnx")
-    torch.onnx.export(
-        model,
-        tuple(example_inputs),
-        str(raw),
-        opset_version=spec.opset,
-        do_constant_folding=True,
-        input_names=list(spec.input_names),
-        output_names=list(spec.output_names),
-        dynamic_axes=spec.dynamic_axes(),
-        dynamo=dynamo,
-    )
-    onnx_model = onnx.shape_inference.infer_shapes(onnx.load(str(raw)))
-    simplified, _ = onnxsim.simplify(onnx_model, check_n=0)
-    onnx.save(simplified, str(path))
+    with _recipe_step("torch.onnx.export"):
+        torch.onnx.export(
+            model,
+            tuple(example_inputs),
+            str(raw),
+            opset_version=spec.opset,
+            do_constant_folding=True,
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            dynamic_axes=spec.dynamic_axes(),
+            dynamo=dynamo,
+        )
+    with _recipe_step("onnx.shape_inference.infer_shapes"):
+        onnx_model = onnx.shape_inference.infer_shapes(onnx.load(str(raw)))
+    with _recipe_step("onnxsim.simplify"):
+        simplified, _ = onnxsim.simplify(onnx_model, check_n=0)
+    with _recipe_step("onnx.save"):
+        onnx.save(simplified, str(path))
     return ExportResult(onnx_path=path, input_names=spec.input_names)
+
+
+@contextlib.contextmanager
+def _recipe_step(step: str) -> Iterator[None]:
+    """Note on any exception which step of the recipe raised it (the type is kept, for classification)."""
+    try:
+        yield
+    except Exception as exc:
+        exc.add_note(f"in recipe step {step}")
+        raise
 
 
 def export_onnx_dynamo(

@@ -28,13 +28,13 @@ from benchmarks.corpus import all_specs, select_specs
 from benchmarks.exporters import EXPORTERS, select_exporters
 from benchmarks.figure import write_figure
 from benchmarks.ort_runner import LatencySettings
-from benchmarks.report import FIGURE_NAME, write_results
+from benchmarks.report import FIGURE_NAME, outcome_counts, write_results
 from benchmarks.runner import ProgressEvent, RunResults, run_corpus
 from benchmarks.worker import JobSettings
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
-QUICK_LATENCY = LatencySettings(warmup=1, min_runs=3, max_runs=5, budget_s=0.5)
-FULL_LATENCY = LatencySettings(warmup=2, min_runs=5, max_runs=20, budget_s=3.0)
+QUICK_LATENCY = LatencySettings(min_runs=3, max_runs=5, budget_s=0.5)
+FULL_LATENCY = LatencySettings()
 _VERSIONED = ("torch", "torchvision", "timm", "transformers", "onnx", "onnxruntime", "onnxsim", "onnxscript", "fxtrt")
 
 
@@ -46,7 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output directory (default benchmarks/results/<date>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per job before it is killed")
-    parser.add_argument("--keep-onnx", action="store_true", help="keep every exported ONNX file under OUT/work")
+    parser.add_argument("--keep-onnx", action="store_true", help="keep the work directory (ONNX files, logs) in /tmp")
     parser.add_argument("--list", action="store_true", help="list the selected models and exit")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -95,7 +95,7 @@ def _print_event(event: ProgressEvent) -> None:
         if row.get("onnx_nodes") is not None:
             parts.append(f"nodes {row['onnx_nodes']} (shape {row.get('shape_ops')})")
         if row.get("ort_ms_b1") is not None:
-            parts.append(f"ort b1 {row['ort_ms_b1']:.1f}ms")
+            parts.append(f"ort b1 {row['ort_ms_b1']:.3g} ms")
         if row.get("detail"):
             parts.append(f"| {row['detail'][:110]}")
         print("  ".join(parts), flush=True)
@@ -105,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     specs = select_specs(args.models, quick=args.quick)
-    exporters = select_exporters(args.exporters.split(",") if args.exporters else None)
+    try:
+        exporters = select_exporters(args.exporters.split(",") if args.exporters else None)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
     if args.list:
         for spec in specs:
             print(f"{spec.name:<40} {spec.note}")
@@ -118,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = JobSettings(seed=args.seed, latency=QUICK_LATENCY if args.quick else FULL_LATENCY)
     out_dir: Path = args.out or RESULTS_ROOT / dt.date.today().isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
-    work_dir = out_dir / "work" if args.keep_onnx else Path(tempfile.mkdtemp(prefix="fxtrt-fidelity-"))
+    # Outside the repo on purpose: results/ is committed, exported models are not.
+    work_dir = Path(tempfile.mkdtemp(prefix="fxtrt-fidelity-"))
     meta = _meta(args, settings, exporters, specs)
     print(f"{len(specs)} models x {len(exporters)} exporters -> {out_dir}", flush=True)
 
@@ -142,7 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle = _bundle(meta, results)
     written = write_results(out_dir, bundle, final=True)
     written.append(write_figure(out_dir / FIGURE_NAME, results.rows, [e.name for e in exporters]))
+    for exporter in exporters:
+        counts = outcome_counts(results.rows, exporter.name)
+        print(f"{exporter.name:<12} " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())))
     print(f"done in {meta['wall_s']:.0f} s; wrote {', '.join(p.name for p in written)} to {out_dir}")
+    if args.keep_onnx:
+        print(f"exported models and logs kept in {work_dir}")
     return 0 if meta["complete"] else 130
 
 

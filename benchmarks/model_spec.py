@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
-    InputFactory = Callable[[int, "torch.Generator"], tuple["torch.Tensor", ...]]
+from benchmarks.inputs import InputFactory
 
 
 @dataclass(frozen=True)
@@ -22,8 +21,8 @@ class ModelSpec:
     """
 
     name: str
-    build: Callable[[], "torch.nn.Module"]
-    make_inputs: "InputFactory"
+    build: Callable[[], torch.nn.Module]
+    make_inputs: InputFactory
     input_names: tuple[str, ...] = ("x",)
     batch_dims: tuple[int | None, ...] = (0,)
     quick: bool = False

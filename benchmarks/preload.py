@@ -26,7 +26,14 @@ _MODULES = (
     "onnxsim",
     "numpy",
     "psutil",
+    "matplotlib.pyplot",
     "benchmarks.worker",
+    # Each child re-runs the parent's main module, benchmarks.fidelity, as __mp_main__; with its
+    # imports (matplotlib among them) loaded here, that costs nothing.  (Preloading the module
+    # itself would make runpy warn in every child.)
+    "benchmarks.runner",
+    "benchmarks.report",
+    "benchmarks.figure",
 )
 
 

@@ -70,6 +70,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+def outcome_counts(rows: Sequence[dict[str, Any]], exporter: str) -> Counter[str]:
+    return Counter(r.get("outcome", "?") for r in rows if r["exporter"] == exporter)
+
+
 def markdown_text(results: dict[str, Any]) -> str:
     meta = results["meta"]
     rows = results["rows"]
@@ -79,7 +83,7 @@ def markdown_text(results: dict[str, Any]) -> str:
     lines = [
         f"# fxtrt fidelity benchmark, {meta['date']}",
         "",
-        f"{len(models)} models x {len(exporters)} exporters; batch sizes checked {settings['batches']}; "
+        f"{len(models)} models x {len(exporters)} exporters; batch sizes checked: {', '.join(map(str, settings['batches']))}; "
         f"tolerance max|onnx-eager| <= {settings['tolerance']['atol']:g} + {settings['tolerance']['rtol']:g}*max|eager|; "
         f"seed {settings['seed']}; {meta['machine']['cpu_count']} CPUs; wall time {_fmt(meta.get('wall_s'), '.0f')} s.",
         "",
@@ -89,7 +93,7 @@ def markdown_text(results: dict[str, Any]) -> str:
     lines += [f"- `{e['name']}`: {e['label']}" for e in meta["exporters"]]
     lines += ["", "## Outcomes per exporter", ""]
     outcomes = [o.value for o in Outcome]
-    counts = {e: Counter(r["outcome"] for r in rows if r["exporter"] == e) for e in exporters}
+    counts = {e: outcome_counts(rows, e) for e in exporters}
     lines += _table(["exporter", *outcomes], [[e, *(str(counts[e].get(o, 0)) for o in outcomes)] for e in exporters])
     lines += ["", f"![outcomes and ratios]({FIGURE_NAME})", "", "## Per model", ""]
     by_cell = {(r["model"], r["exporter"]): r for r in rows}

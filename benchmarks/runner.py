@@ -14,6 +14,7 @@ import multiprocessing
 import shutil
 import time
 from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,18 +46,18 @@ class RunResults:
 
 
 @dataclass(frozen=True)
-class _ChildExit:
+class ChildExit:
     exitcode: int | None
     timed_out: bool
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
+def _mp_context() -> BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["benchmarks.preload"])
     return ctx
 
 
-def _run_child(ctx: multiprocessing.context.BaseContext, target: Callable[..., None], args: tuple, timeout_s: float) -> _ChildExit:
+def _run_child(ctx: BaseContext, target: Callable[..., None], args: tuple[Any, ...], timeout_s: float) -> ChildExit:
     process = ctx.Process(target=target, args=args, daemon=True)
     process.start()
     try:
@@ -69,7 +70,7 @@ def _run_child(ctx: multiprocessing.context.BaseContext, target: Callable[..., N
         process.kill()
         process.join()
         raise
-    return _ChildExit(process.exitcode, timed_out)
+    return ChildExit(process.exitcode, timed_out)
 
 
 def _log_tail(path: Path, lines: int = 5) -> str:
@@ -79,14 +80,14 @@ def _log_tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def _death_text(child: _ChildExit, timeout_s: float) -> str:
+def _death_text(child: ChildExit, timeout_s: float) -> str:
     if child.timed_out:
         return f"timed out after {timeout_s:.0f} s"
     code = child.exitcode
     return f"process died with signal {-code}" if code is not None and code < 0 else f"process exited with code {code}"
 
 
-def _finish_row(row: dict[str, Any], child: _ChildExit, timeout_s: float, cell_dir: Path) -> dict[str, Any]:
+def finish_row(row: dict[str, Any], child: ChildExit, timeout_s: float, cell_dir: Path) -> dict[str, Any]:
     """Turn a child's last checkpoint into a final row; a child that died mid-phase gets the phase's outcome."""
     phase = row.get("phase", "build")
     if phase == "done":
@@ -96,7 +97,11 @@ def _finish_row(row: dict[str, Any], child: _ChildExit, timeout_s: float, cell_d
         row.update(outcome=Outcome.CRASH.value, detail=f"{death} during export")
     elif phase.startswith(("stats", "session", "evaluate")):
         where = f" at batch {phase.split('@')[1]}" if "@" in phase else f" ({phase})"
-        row.update(outcome=Outcome.LOUD.value, detail=f"{death} while running the ONNX model{where}")
+        wrong = next((b for b, v in (row.get("batches") or {}).items() if v["status"] == "wrong"), None)
+        if wrong is not None:  # SILENT outranks LOUD
+            row.update(outcome=Outcome.SILENT.value, detail=f"batch {wrong}: {row['batches'][wrong]['detail']}; then {death}{where}")
+        else:
+            row.update(outcome=Outcome.LOUD.value, detail=f"{death} while running the ONNX model{where}")
     elif phase.startswith("latency"):
         row["detail"] = (row.get("detail") or "") + f" [{death} while timing {phase}]"
     else:
@@ -105,7 +110,9 @@ def _finish_row(row: dict[str, Any], child: _ChildExit, timeout_s: float, cell_d
     return row
 
 
-def _run_reference(ctx, spec: ModelSpec, settings: JobSettings, ref_dir: Path, timeout_s: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _run_reference(
+    ctx: BaseContext, spec: ModelSpec, settings: JobSettings, ref_dir: Path, timeout_s: float
+) -> dict[str, Any]:
     ref_dir.mkdir(parents=True, exist_ok=True)
     child = _run_child(ctx, run_reference, (spec.name, settings, ref_dir), timeout_s)
     meta_path = ref_dir / REFERENCE_META
@@ -114,13 +121,23 @@ def _run_reference(ctx, spec: ModelSpec, settings: JobSettings, ref_dir: Path, t
     return {"model": spec.name, "ok": False, "error": f"{_death_text(child, timeout_s)}; log: {_log_tail(ref_dir / LOG_FILE)}"}
 
 
-def _run_cell(ctx, spec: ModelSpec, exporter: Exporter, settings: JobSettings, ref_dir: Path, cell_dir: Path, timeout_s: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _run_cell(
+    ctx: BaseContext,
+    spec: ModelSpec,
+    exporter: Exporter,
+    settings: JobSettings,
+    ref_dir: Path,
+    cell_dir: Path,
+    timeout_s: float,
+) -> dict[str, Any]:
     cell_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     child = _run_child(ctx, run_cell, (spec.name, exporter.name, settings, ref_dir, cell_dir), timeout_s)
     result_path = cell_dir / CELL_RESULT
     row = json.loads(result_path.read_text()) if result_path.exists() else {"model": spec.name, "exporter": exporter.name}
-    row = _finish_row(row, child, timeout_s, cell_dir)
+    if child.timed_out or child.exitcode != 0:
+        log.warning("%s x %s: %s in phase %s", spec.name, exporter.name, _death_text(child, timeout_s), row.get("phase"))
+    row = finish_row(row, child, timeout_s, cell_dir)
     row["cell_s"] = time.perf_counter() - start
     return row
 

@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import re
 import resource
 import time
 import traceback
@@ -77,14 +78,18 @@ def _redirect_output(log_path: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _error_text(exc: BaseException, limit: int = 600) -> str:
-    """``Type: message (file:line)``, message cut to its first lines, location of the innermost frame."""
-    message = " ".join(str(exc).strip().splitlines()[:6])
+    """``Type: message (file:line) [notes]``: the message's first lines, the innermost frame, any notes."""
+    message = " ".join(_ANSI.sub("", str(exc)).strip().splitlines()[:6])
     if len(message) > limit:
         message = message[:limit] + "..."
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {message}{where}"
+    notes = "".join(f" [{note}]" for note in getattr(exc, "__notes__", []))
+    return f"{type(exc).__name__}: {message}{where}{notes}"
 
 
 def _rss_mb() -> float:
