@@ -202,3 +202,4 @@ class PerStepLoop(nn.Module):
     def forward(self, x):
         steps = [torch.tanh(self.fc(x[:, t])) for t in range(x.size(1))]  # LINE: step-loop
         return torch.stack(steps, 1).sum(1)
+

@@ -15,12 +15,14 @@ from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.fix_dtypes import fix_dtypes
 from fxtrt.passes.generalize_batch import generalize_batch
+from fxtrt.passes.relax_views import relax_views
 from fxtrt.passes.infra import Change, PassContext, PassFn, PassRecord, PassResult
 
 REGISTRY: dict[str, PassFn] = {
     "drop_shape_guards": drop_shape_guards,
     "generalize_batch": generalize_batch,
     "canonicalize_flatten": canonicalize_flatten,
+    "relax_views": relax_views,
     "fix_dtypes": fix_dtypes,
 }
 
