@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -74,6 +75,25 @@ def outcome_counts(rows: Sequence[dict[str, Any]], exporter: str) -> Counter[str
     return Counter(r.get("outcome", "?") for r in rows if r["exporter"] == exporter)
 
 
+def ratio_summary(rows: Sequence[dict[str, Any]], exporters: Sequence[str], reference: str = "fxtrt") -> list[str]:
+    """Median fxtrt/baseline ratios over the models both exported (shape ops counted +1, as in the figure)."""
+    from benchmarks.figure import ratios
+
+    if reference not in exporters:
+        return []
+    out = ["## fxtrt against each baseline (medians over models both exported)", ""]
+    body = []
+    for base in (e for e in exporters if e != reference):
+        t = ratios(rows, reference, base, "export_s")
+        s = ratios(rows, reference, base, "shape_ops", 1.0)
+        n = ratios(rows, reference, base, "onnx_nodes")
+        body.append([base, str(len(t)), _fmt(statistics.median(t.values()) if t else None, ".2f"),
+                     _fmt(statistics.median(s.values()) if s else None, ".2f"),
+                     _fmt(statistics.median(n.values()) if n else None, ".2f")])
+    out += _table(["baseline", "models", "export-time ratio", "shape-op ratio (+1)", "node-count ratio"], body)
+    return out
+
+
 def markdown_text(results: dict[str, Any]) -> str:
     meta = results["meta"]
     rows = results["rows"]
@@ -95,6 +115,7 @@ def markdown_text(results: dict[str, Any]) -> str:
     outcomes = [o.value for o in Outcome]
     counts = {e: outcome_counts(rows, e) for e in exporters}
     lines += _table(["exporter", *outcomes], [[e, *(str(counts[e].get(o, 0)) for o in outcomes)] for e in exporters])
+    lines += ["", *ratio_summary(rows, exporters)]
     lines += ["", f"![outcomes and ratios]({FIGURE_NAME})", "", "## Per model", ""]
     by_cell = {(r["model"], r["exporter"]): r for r in rows}
     lines += _table(
@@ -132,3 +153,20 @@ def write_results(out_dir: Path, results: dict[str, Any], *, final: bool) -> lis
         written.append(out_dir / "results.md")
         write_text_atomic(written[-1], markdown_text(results))
     return written
+
+
+def main() -> None:
+    """``python -m benchmarks.report DIR``: re-render results.md and the figure from DIR/results.json."""
+    import sys
+
+    from benchmarks.figure import write_figure
+
+    out_dir = Path(sys.argv[1])
+    results = json.loads((out_dir / "results.json").read_text())
+    write_text_atomic(out_dir / "results.md", markdown_text(results))
+    write_figure(out_dir / FIGURE_NAME, results["rows"], [e["name"] for e in results["meta"]["exporters"]])
+    print(f"wrote {out_dir / 'results.md'} and {out_dir / FIGURE_NAME}")
+
+
+if __name__ == "__main__":
+    main()
