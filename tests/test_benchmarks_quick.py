@@ -1,9 +1,8 @@
 """The fidelity benchmark's quick run, as a user runs it: ``python -m benchmarks.fidelity --quick``.
 
-Three tiny seed patterns keep it to well under a minute on 2 cores: one that
-is dynamic (``view(x.size(0), -1)``) and two that bake the batch in with
-``int(x.size(0))``, which at least one torch.onnx baseline must get wrong.
-Two fast unit tests pin down how a cell is judged.
+The quick set (at most 8 small models, about 2 minutes on 2 cores) includes a dynamic
+``view(x.size(0), -1)`` and patterns that bake the batch in with ``int(x.size(0))``, which at
+least one torch.onnx baseline must get wrong. Two fast unit tests pin down how a cell is judged.
 """
 
 import csv
@@ -15,7 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("seed/view_size", "seed/view_int_size", "seed/softmax_int_size")
+from benchmarks.corpus import QUICK_LIMIT, select_specs
+
+MODELS = tuple(s.name for s in select_specs(quick=True))
 EXPORTERS = ("fxtrt", "onnx_dynamo", "onnx_legacy")
 BASELINES = ("onnx_dynamo", "onnx_legacy")
 OUTCOMES = {"PASS", "SILENT", "LOUD", "REFUSED", "CRASH"}
@@ -25,11 +26,16 @@ OUTCOMES = {"PASS", "SILENT", "LOUD", "REFUSED", "CRASH"}
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fidelity")
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fidelity", "--quick", "--models", ",".join(MODELS), "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.fidelity", "--quick", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=400,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, proc.stdout, json.loads((out / "results.json").read_text())
+
+
+def test_quick_set_is_small():
+    assert 0 < len(MODELS) <= QUICK_LIMIT <= 8
+    assert {"seed/view_size", "seed/view_int_size"} <= set(MODELS)
 
 
 def test_writes_every_artifact(quick_run):
