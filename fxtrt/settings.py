@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -63,7 +63,6 @@ class Settings:
     fp16_atol: float = 1e-2
     fp16_rtol: float = 1e-2
     external_data_threshold: int = 2 * 1024**3 - 64 * 1024**2
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def batch(self) -> DynamicDim | None:
@@ -260,7 +259,6 @@ def make_settings(
     fp16_rtol: Any = 1e-2,
     targets: Sequence[str] = TARGETS,
     precisions: Sequence[str] = PRECISIONS,
-    **extra: Any,
 ) -> Settings:
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}",
@@ -291,7 +289,7 @@ def make_settings(
         input_names=input_names_of(model, len(inputs)),
         opset=opset, target=target, precision=precision, passes=passes,
         verify=bool(verify), atol=float(atol), rtol=float(rtol),
-        out_dir=check_out_dir(out_dir), extra=dict(extra),
+        out_dir=check_out_dir(out_dir),
         debug_dir=check_out_dir(debug_dir, "debug_dir"), trace_divergence=bool(trace_divergence),
         buckets=buckets, keep_dynamic=keep_dynamic, fp16_atol=float(fp16_atol), fp16_rtol=float(fp16_rtol),
     )
