@@ -34,8 +34,7 @@ Example::
 
     result = repair_fp16(model, feeds=[{"x": x1}, {"x": x8}], reference=[{"y": y1}, {"y": y8}])
     onnx.save(result.model, "model_fp16.onnx")
-    for k in result.kept:          # nodes that stay float32, and why
-        print(k.name, k.op_type, k.outputs, k.reason)
+    kept = [(k.name, k.op_type, k.reason) for k in result.kept]   # nodes that stay float32, and why
 """
 from __future__ import annotations
 
