@@ -108,7 +108,7 @@ class PassDebugger:
             bad = _first_mismatch(want, got, self.settings.atol, self.settings.rtol)
             if bad is None:
                 continue
-            node = self.first_diverging_node(gm, sizes)
+            node = self.first_diverging_node(gm)
             where = f"; first diverging node: {node.name} ({call_text(node)})" if node is not None else ""
             raise PassError(
                 f"pass {name} broke the model: {bad} at sizes {sizes}{where}",
@@ -117,10 +117,10 @@ class PassDebugger:
                 hint="passes that ran before it: " + (", ".join(self.ran[:-1]) or "none"),
             )
 
-    def first_diverging_node(self, gm: torch.fx.GraphModule, sizes: dict[str, int]) -> torch.fx.Node | None:
-        """Compare every node value with the untouched trace at the base sizes; the first that differs."""
-        if sizes != self.captured.base.sizes:
-            sizes = dict(self.captured.base.sizes)
+    def first_diverging_node(self, gm: torch.fx.GraphModule) -> torch.fx.Node | None:
+        """Compare every node value with the untouched trace at the base sizes (the only sizes the
+        untouched trace runs at); the first that differs."""
+        sizes = dict(self.captured.base.sizes)
         inputs = [t.to(torch.float32) if t.dtype == torch.float64 else t
                   for t in inputs_at(self.captured.example, self.settings.dims, sizes)]
         ref = node_values(self.pristine, inputs)
