@@ -43,11 +43,11 @@ from fxtrt.backend.verify import (
     verify_model,
 )
 from fxtrt.errors import ConfigError, EmitError, PrecisionError, StructureError
-from fxtrt.frontend.capture import CapturedGraph, capture
+from fxtrt.frontend.capture import CapturedGraph, capture, dynamic_axes
 from fxtrt.frontend.inputs import inputs_at
 from fxtrt.debug import PassDebugger
 from fxtrt.passes import PassContext, resolve, run_passes
-from fxtrt.report import Report
+from fxtrt.report import Report, capture_stage
 from fxtrt.settings import Settings, make_settings, normalize_inputs
 
 log = logging.getLogger("fxtrt")
@@ -268,9 +268,11 @@ def _lower(
             observer = PassDebugger(settings.debug_dir, model, captured, settings)
         gm, report.passes = run_passes(captured.base.gm, PassContext(settings, captured), pipeline, observer)
 
+    if not label:
+        report.stages["capture"] = capture_stage(captured, report.passes)
+
     with _stage(report, "emit", 3, total, label):
-        emitted = emit_onnx(gm, captured.base.inputs, settings.dims, captured.input_names,
-                            captured.output_names, settings.opset)
+        emitted = emit_onnx(gm, captured, settings.dims, settings.opset)
         _note(report, emitted.notes)
 
     with _stage(report, "cleanup", 4, total, label):
@@ -380,7 +382,7 @@ def _to_fp16(
     atol, rtol = settings.fp16_atol, settings.fp16_rtol
     if server is None:
         jobs = [(None, stage_dir / MODEL_FILE, stage_dir / FP16_FILE,
-                 feeds_at(inputs, settings.dims, captured.input_names, verification_points(settings.dims)))]
+                 feeds_at(inputs, settings.dims, captured.input_names, verification_points(settings.dims, captured.traced_low())))]
     else:
         jobs = [(b, path, stage_dir / bucket_file(b, "fp16"), _bucket_feeds(inputs, settings, captured, [b]))
                 for b, path in server.paths.items()]
@@ -446,7 +448,7 @@ def _engines(
     if not settings.verify:
         return
     if server is None:
-        feeds = feeds_at(inputs, settings.dims, captured.input_names, verification_points(settings.dims))
+        feeds = feeds_at(inputs, settings.dims, captured.input_names, verification_points(settings.dims, captured.traced_low()))
         meta = ort_meta(stage_dir / MODEL_FILE)
     else:
         assert settings.batch is not None and settings.buckets is not None
@@ -497,22 +499,17 @@ def _artifacts(
 
 
 def _check_dynamic(model: onnx.ModelProto, captured: CapturedGraph, settings: Settings) -> None:
-    """Every dim that changed between the traces must be symbolic in the ONNX model."""
-    if len(captured.captures) < 2:
-        return
+    """Every output dim that follows a dynamic dim in the capture must be symbolic in the ONNX model."""
     shapes = dim_names(model)
     outs = [n for n in captured.base.gm.graph.nodes if n.op == "output"][0].args[0]
-    per_capture = []
-    for cap in captured.captures:
-        out_node = [n for n in cap.gm.graph.nodes if n.op == "output"][0]
-        per_capture.append([_shape_of(a) for a in out_node.args[0]])
+    traces = [[n for n in c.gm.graph.nodes if n.op == "output"][0].args[0] for c in captured.captures + captured.checks]
     for k, name in enumerate(captured.output_names):
-        seen = [p[k] for p in per_capture]
-        if any(s is None for s in seen) or name not in shapes:
+        seen = [_shape_of(t[k]) for t in traces]
+        if not settings.dims or any(s is None for s in seen) or name not in shapes:
             continue
         onnx_shape = shapes[name]
-        for d in range(len(seen[0])):
-            if len({s[d] for s in seen}) > 1 and d < len(onnx_shape) and isinstance(onnx_shape[d], int) and onnx_shape[d] > 0:
+        for d in dynamic_axes(seen):
+            if d < len(onnx_shape) and isinstance(onnx_shape[d], int) and onnx_shape[d] > 0:
                 raise EmitError(
                     f"output {name!r} dim {d} changes with the input size but is static ({onnx_shape[d]}) in the ONNX model",
                     node=outs[k].name if k < len(outs) else None,
@@ -525,17 +522,15 @@ def _check_dynamic(model: onnx.ModelProto, captured: CapturedGraph, settings: Se
                 raise EmitError(f"input {captured.input_names[i]!r} dim {axis} should be '{d.name}', is {got!r}")
 
 
-def _shape_of(node: Any) -> tuple[int, ...] | None:
+def _shape_of(node: Any) -> tuple[Any, ...] | None:
     v = node.meta.get("val") if hasattr(node, "meta") else None
-    if not isinstance(v, torch.Tensor) or not all(isinstance(s, int) for s in v.shape):
-        return None
-    return tuple(v.shape)
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
 
 def trace(gm, onnx_path: Path, captured: CapturedGraph, settings: Settings,
           sizes: dict[str, int] | None) -> "Divergence | None":
     """Layer-wise search at ``sizes`` (default: the first verification point)."""
-    sizes = sizes if sizes is not None else verification_points(settings.dims)[0]
+    sizes = sizes if sizes is not None else verification_points(settings.dims, captured.traced_low())[0]
     tensors = [t.to(torch.float32) if t.dtype == torch.float64 else t
                for t in inputs_at(captured.example, settings.dims, sizes)]
     feed = {n: t.numpy() for n, t in zip(captured.input_names, tensors)}

@@ -13,13 +13,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from fxtrt.errors import FxtrtError, GeneralizationError, StructureError
+from fxtrt.errors import ConfigError, FxtrtError, GeneralizationError, StructureError
 from fxtrt.frontend.capture import capture
 from fxtrt.frontend.source import SourceLocation, location_of
 from fxtrt.passes import PassContext
 from fxtrt.passes.canonicalize_flatten import RESHAPES, canonicalize_flatten
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.fix_dtypes import fix_dtypes
+from fxtrt.passes.fold_constant_reads import fold_constant_reads
 from fxtrt.passes.generalize_batch import rewrite_size_literals, value_dependent_nodes
 from fxtrt.settings import make_settings, normalize_inputs
 
@@ -30,6 +31,8 @@ KINDS = {
     "float64": "float64, which TensorRT does not have",
     "value-dependent": "a size read from tensor values (.item() / .tolist())",
     "structure": "the graph's structure depends on the batch size",
+    "constant-read": "a value read from a constant of the model (.item() on a buffer)",
+    "range-limit": "the model itself works only on part of the declared range",
 }
 
 
@@ -63,6 +66,11 @@ class Explanation:
     def to_text(self) -> str:
         dims = ", ".join(f"{d['name']} {d['min']}..{d['max']}" for d in self.dims) or "none (static)"
         out = [f"fxtrt explain: {self.model} (dynamic: {dims})"]
+        for d in self.dims:
+            if "how" in d:
+                lo, hi = d["traced_range"]
+                out.append(f"  {d['name']}: {d['how']} (traced over {lo}..{hi})"
+                           + (f": {d['why']}" if d.get("why") else ""))
         if not self.entries:
             out.append("  nothing to fix: no baked sizes, shape chains, dtype hazards or value-dependent shapes")
         for e in self.entries:
@@ -125,11 +133,18 @@ def explain(
         found.add("value-dependent", None, KINDS["value-dependent"],
                   f"cannot: {exc.message}; {exc.hint or ''}".strip(), fixable=False, source=exc.source)
         return Explanation(name, dims, list(found.entries.values()))
+    except ConfigError as exc:  # a limit the model sets on a declared range
+        found.add("range-limit", None, KINDS["range-limit"], f"cannot: {exc.message}; {exc.hint or ''}".strip(),
+                  fixable=False, source=exc.source)
+        return Explanation(name, dims, list(found.entries.values()))
+    dims = [{**d, **captured.dims[d["name"]].to_dict()} for d in dims]
 
     gm = copy.deepcopy(captured.base.gm)
     captured.captures[0].gm = gm
     ctx = PassContext(settings, captured)
     drop_shape_guards(gm, ctx)
+    for c in fold_constant_reads(gm, ctx).changes:
+        found.add("constant-read", None, KINDS["constant-read"], f"fold {c.before} to {c.after}", source=c.source)
 
     if settings.dims:
         for node in value_dependent_nodes(gm):

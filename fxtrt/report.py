@@ -6,11 +6,13 @@ cleanup, time per stage, and notes (eval mode, LayerNorm at low opset, skipped s
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fxtrt.backend.verify import VerifyRow, format_rows
+from fxtrt.frontend.capture import TRACE_DIFF, CapturedGraph
 from fxtrt.passes.infra import PassRecord
 
 
@@ -77,6 +79,19 @@ class Report:
         for k, v in self.artifacts.items():
             out.append(f"{k}: {v}")
         return "\n".join(out)
+
+
+def capture_stage(captured: CapturedGraph, passes: list[PassRecord]) -> dict[str, Any]:
+    """Per dim, how it was captured; for a baked dim, the nodes (and lines) trace diffing rewrote."""
+    rewritten = [c for p in passes if p.name == "generalize_batch" for c in p.changes]
+    dims = {}
+    for name, dc in captured.dims.items():
+        rec = dc.to_dict()
+        if dc.how == TRACE_DIFF:
+            word = re.compile(rf"\b{re.escape(name)}\b")
+            rec["nodes"] = [{"node": c.node, "source": c.source} for c in rewritten if word.search(c.after)]
+        dims[name] = rec
+    return {"traces": captured.exports, "one_capture": captured.program is not None, "dims": dims}
 
 
 def _change_lines(changes: list, limit: int = 8) -> list[str]:
@@ -166,4 +181,18 @@ def _engines_text(name: str, stage: dict[str, Any]) -> list[str]:
     return out
 
 
-_STAGE_TEXT = {"buckets": _buckets_text, "fp16": _fp16_text, "engines": _engines_text}
+def _capture_text(name: str, stage: dict[str, Any]) -> list[str]:
+    out = [f"{name}: {stage.get('traces', 1)} torch.export trace(s)"
+           + ("; emitted as captured, with no second torch.export" if stage.get("one_capture") else "")]
+    for dim, rec in stage.get("dims", {}).items():
+        lo, hi = rec["traced_range"]
+        out.append(f"  {dim}: {rec['how']} (traced over {lo}..{hi})")
+        if rec.get("why"):
+            out.append(f"    why: {rec['why']}")
+        for n in rec.get("nodes", [])[:8]:
+            where = f" [{n['source']}]" if n.get("source") else ""
+            out.append(f"    {n['node']}{where}")
+    return out
+
+
+_STAGE_TEXT = {"capture": _capture_text, "buckets": _buckets_text, "fp16": _fp16_text, "engines": _engines_text}

@@ -5,6 +5,7 @@ Bad values fail here, before any work, with the argument's name in the message.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -32,14 +33,24 @@ class DynamicDim:
     max: int
     sites: tuple[tuple[int, int], ...]
     example: int
+    step: int | None = None
 
     @property
     def is_batch(self) -> bool:
         return self.name == BATCH_NAME
 
+    @property
+    def grid(self) -> int:
+        """Sizes fxtrt traces and checks are multiples of this: the step the user gave, else
+        gcd(min, opt, max), so that a model that needs multiples of 32 is never run at 129."""
+        return self.step or math.gcd(self.min, self.opt, self.max)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "min": self.min, "opt": self.opt, "max": self.max,
-                "sites": [list(s) for s in self.sites], "example": self.example}
+        out = {"name": self.name, "min": self.min, "opt": self.opt, "max": self.max,
+               "sites": [list(s) for s in self.sites], "example": self.example}
+        if self.step:
+            out["step"] = self.step
+        return out
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,28 @@ def _range(arg: str, value: Any) -> tuple[int, int, int]:
     return lo, opt, hi
 
 
+def _dynamic_spec(arg: str, spec: Any) -> tuple[str | None, tuple[int, int, int], int | None]:
+    """``(min, opt, max)``, ``(min, opt, max, step)``, and either with a name in front."""
+    name = None
+    if isinstance(spec, (tuple, list)) and spec and isinstance(spec[0], str):
+        name, spec = spec[0], tuple(spec[1:])
+        if not name.isidentifier():
+            raise ConfigError(f"{arg}: dim name {name!r} must be an identifier, e.g. 'seq' or 'height'")
+    step = None
+    if isinstance(spec, (tuple, list)) and len(spec) == 4:
+        spec, step = tuple(spec[:3]), spec[3]
+        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            raise ConfigError(f"{arg}: step must be a positive int, got {step!r}")
+    rng = _range(arg, spec)
+    if step is not None:
+        off = [v for v in rng if v % step]
+        if off:
+            raise ConfigError(f"{arg}: min, opt and max must be multiples of the step {step}, got {rng}",
+                              hint=f"e.g. {tuple(max(step, v // step * step) for v in rng) + (step,)}")
+        step = step if step > 1 else None
+    return name, rng, step
+
+
 def _check_dim(arg: str, inputs: Sequence[torch.Tensor], i: int, d: int) -> None:
     if not 0 <= i < len(inputs):
         raise ConfigError(f"{arg}: input index {i} out of range; the model has {len(inputs)} input(s)")
@@ -194,16 +227,13 @@ def make_dims(
                 _check_dim("dynamic", inputs, i, d)
                 if (i, d) in taken:
                     raise ConfigError(f"dynamic: input {i} dim {d} is already the batch dim")
-                name = None
-                if isinstance(spec, (tuple, list)) and len(spec) == 4 and isinstance(spec[0], str):
-                    name, spec = spec[0], tuple(spec[1:])
-                rng = _range(f"dynamic[{i}][{d}]", spec)
+                name, rng, step = _dynamic_spec(f"dynamic[{i}][{d}]", spec)
                 size = int(inputs[i].shape[d])
                 # Unnamed dims with the same range and example size are one symbol (x: 1xTx80, mask: 1x1xT).
-                key = name or (rng, size)
-                g = groups.setdefault(key, {"name": name, "range": rng, "sites": [], "size": size})
-                if g["range"] != rng or g["size"] != size:
-                    raise ConfigError(f"dynamic dim {name!r} is given different ranges or example sizes")
+                key = name or (rng, step, size)
+                g = groups.setdefault(key, {"name": name, "range": rng, "step": step, "sites": [], "size": size})
+                if g["range"] != rng or g["step"] != step or g["size"] != size:
+                    raise ConfigError(f"dynamic dim {name!r} is given different ranges, steps or example sizes")
                 g["sites"].append((i, d))
         used = {"batch"}
         for g in groups.values():
@@ -212,7 +242,7 @@ def make_dims(
                 raise ConfigError(f"dynamic dim name {name!r} is used twice")
             used.add(name)
             lo, opt, hi = g["range"]
-            dims.append(DynamicDim(name, lo, opt, hi, tuple(g["sites"]), g["size"]))
+            dims.append(DynamicDim(name, lo, opt, hi, tuple(g["sites"]), g["size"], g["step"]))
     return tuple(dims)
 
 

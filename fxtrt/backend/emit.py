@@ -1,8 +1,11 @@
 """Emit ONNX from the rewritten GraphModule, with every dynamic dim named.
 
-The GraphModule now computes its sizes from ``sym_size`` of its inputs, so torch.export with
-named ``Dim``s traces it symbolically; a dim that still got specialised means a size was baked
-in, and is an error here rather than a silently static model.
+A graph from a symbolic capture is handed to torch.onnx as it is: turned back into an
+ExportedProgram (weights lifted to inputs, the capture's symbols and ranges kept), with no
+second torch.export. A graph whose baked dims were generalised computes those sizes from
+``sym_size`` of its inputs, so torch.export over the traced ranges captures it symbolically; a
+dim that still got specialised means a size was baked in, and is an error here rather than a
+silently static model.
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ import onnx
 import torch
 import torch._decomp
 import torch.fx
+import torch.utils._pytree as pytree
 
 from fxtrt.backend.opset import convert_opset
 from fxtrt.errors import EmitError, GeneralizationError
+from fxtrt.frontend.capture import CapturedGraph, Program, dynamic_shapes, torch_dims
 from fxtrt.frontend.source import location_of_traceback
 from fxtrt.settings import DynamicDim
 
@@ -41,36 +46,107 @@ def has_layer_norm(gm: torch.fx.GraphModule) -> bool:
     return any(n.op == "call_function" and n.target in LAYER_NORMS for n in gm.graph.nodes)
 
 
-def _dynamic_shapes(inputs: Sequence[torch.Tensor], dims: Sequence[DynamicDim]):
-    spec: list[dict[int, torch.export.Dim] | None] = [None] * len(inputs)
-    for d in dims:
-        sym = torch.export.Dim(d.name, min=1, max=max(d.max, 2) * 4)
-        for i, axis in d.sites:
-            spec[i] = {**(spec[i] or {}), axis: sym}
-    return tuple(spec)
+def exported_program(gm: torch.fx.GraphModule, program: Program) -> torch.export.ExportedProgram:
+    """``gm`` (flat inputs, weights as attributes) as an ExportedProgram over ``program``'s
+    symbols, with every weight lifted to an input as torch.export would have made it.
+
+    Placeholders get fake values from the weights as they are now (a pass may have changed a
+    buffer's dtype), and float64 inputs become float32, as the ONNX inputs will be.
+    """
+    from torch.export.exported_program import ModuleCallEntry, ModuleCallSignature
+    from torch.export.graph_signature import (
+        ExportGraphSignature, InputKind, InputSpec, OutputKind, OutputSpec, TensorArgument,
+    )
+
+    user = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    fake_mode = next(n.meta["val"].fake_mode for n in user if isinstance(n.meta.get("val"), torch.Tensor))
+    params = {k for k, _ in gm.named_parameters(remove_duplicate=False)}
+    buffers = {k for k, _ in gm.named_buffers(remove_duplicate=False)}
+    prefix = {InputKind.PARAMETER: "p_", InputKind.BUFFER: "b_", InputKind.CONSTANT_TENSOR: "c_"}
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    lifted: dict[str, torch.fx.Node] = {}
+    specs: list[InputSpec] = []
+    state_dict: dict[str, torch.Tensor] = {}
+    constants: dict[str, torch.Tensor] = {}
+    for node in gm.graph.find_nodes(op="get_attr"):
+        if node.target in lifted:
+            continue
+        value = _attr(gm, node.target)
+        if not isinstance(value, torch.Tensor):
+            raise EmitError(f"attribute {node.target} of the graph is a {type(value).__name__}, not a tensor",
+                            node=node.name, hint="please report this with the model")
+        kind = (InputKind.PARAMETER if node.target in params else
+                InputKind.BUFFER if node.target in buffers else InputKind.CONSTANT_TENSOR)
+        ph = graph.placeholder(prefix[kind] + node.target.replace(".", "_"))
+        ph.meta["val"] = fake_mode.from_tensor(value, static_shapes=True)
+        lifted[node.target] = ph
+        specs.append(InputSpec(kind, TensorArgument(ph.name), node.target,
+                               persistent=True if kind == InputKind.BUFFER else None))
+        (constants if kind == InputKind.CONSTANT_TENSOR else state_dict)[node.target] = value
+    for node in user:
+        env[node] = ph = graph.node_copy(node)
+        ph.target = ph.name  # ExportedProgram looks placeholders up by name ("input" was renamed "input_1")
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dtype == torch.float64:
+            with fake_mode:
+                ph.meta["val"] = val.to(torch.float32)
+        specs.append(InputSpec(InputKind.USER_INPUT, TensorArgument(ph.name), None))
+    outputs: list[OutputSpec] = []
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            env[node] = lifted[node.target]
+        elif node.op == "output":
+            outs = tuple(env[a] for a in node.args[0])
+            graph.output(outs)
+            outputs = [OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(o.name), None) for o in outs]
+        elif node.op != "placeholder":
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    call = ModuleCallSignature(
+        inputs=[TensorArgument(env[u].name) for u in user], outputs=[o.arg for o in outputs],
+        in_spec=pytree.tree_structure(((0,) * len(user), {})), out_spec=pytree.tree_structure((0,) * len(outputs)),
+    )
+    return torch.export.ExportedProgram(
+        root=gm, graph=graph, graph_signature=ExportGraphSignature(specs, outputs), state_dict=state_dict,
+        range_constraints=dict(program.range_constraints), module_call_graph=[ModuleCallEntry("", call)],
+        constants=constants, verifiers=list(program.verifiers),
+    )
 
 
-def emit_onnx(
-    gm: torch.fx.GraphModule,
-    inputs: Sequence[torch.Tensor],
-    dims: Sequence[DynamicDim],
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-    opset: int,
-) -> Emitted:
-    """ONNX for ``gm`` with the dims in ``dims`` symbolic, named as in the settings."""
-    notes: list[str] = []
-    inputs = tuple(t.to(torch.float32) if t.dtype == torch.float64 else t for t in inputs)
+def _attr(gm: torch.nn.Module, target: str) -> object:
+    obj: object = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _reexport(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor], dims: Sequence[DynamicDim],
+              captured: CapturedGraph) -> torch.export.ExportedProgram:
+    """torch.export of the generalised graph over the traced ranges (the declared ones for baked dims)."""
+    named = torch_dims(dims, {name: (c.low, c.high) for name, c in captured.dims.items()})
+    spec = dynamic_shapes(len(inputs), dims, named) if dims else None
     try:
-        ep = torch.export.export(gm, inputs, dynamic_shapes=_dynamic_shapes(inputs, dims) if dims else None, strict=False)
+        return torch.export.export(gm, tuple(inputs), dynamic_shapes=spec, strict=False)
     except Exception as exc:
         loc = location_of_traceback(exc.__traceback__)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        guard = next((ln.strip(" -") for ln in str(exc).splitlines() if "guard" in ln and ln.strip() != first), "")
         raise GeneralizationError(
-            f"the generalised graph does not trace with symbolic sizes: {type(exc).__name__}: {first}",
+            f"the generalised graph does not trace with symbolic sizes: {type(exc).__name__}: {first}"
+            + (f" ({guard})" if guard else ""),
             source=str(loc) if loc else None,
             hint="a size may still be baked in; run fxtrt explain on the model to see where",
         ) from exc
+
+
+def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[DynamicDim], opset: int) -> Emitted:
+    """ONNX for ``gm`` with the dims in ``dims`` symbolic, named as in the settings."""
+    notes: list[str] = []
+    inputs = tuple(t.to(torch.float32) if t.dtype == torch.float64 else t for t in captured.base.inputs)
+    if captured.program is not None:
+        ep = exported_program(gm, captured.program)
+    else:
+        ep = _reexport(gm, inputs, dims, captured)
     if opset < 17 and has_layer_norm(gm):
         notes.append(
             f"the model has LayerNorm but opset={opset} < 17: LayerNorm was decomposed into primitive ops; "
@@ -85,7 +161,7 @@ def emit_onnx(
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 ep, inputs, dynamo=True, opset_version=max(opset, EXPORTER_OPSET),
-                input_names=list(input_names), output_names=list(output_names),
+                input_names=list(captured.input_names), output_names=list(captured.output_names),
                 optimize=True, verbose=False, external_data=True,
             )
     except Exception as exc:
@@ -95,7 +171,7 @@ def emit_onnx(
             hint="an op may lack an ONNX translation at this opset; try opset=18",
         ) from exc
     model = convert_opset(program.model_proto, opset)
-    _name_dims(model, dims, input_names)
+    _name_dims(model, dims, captured.input_names)
     return Emitted(model, notes)
 
 
@@ -113,23 +189,29 @@ def _quiet_loggers(*names: str):
             lg.setLevel(level)
 
 
+_SYMBOL = re.compile(r"\b[a-z]+\d+\b")
+
+
 def _name_dims(model: onnx.ModelProto, dims: Sequence[DynamicDim], input_names: Sequence[str]) -> None:
-    """Rename the exporter's symbols (``s77``) to ours (``batch``) everywhere they appear."""
+    """Rename the exporter's symbols to ours everywhere they appear: ``s77`` -> ``batch``; for a
+    dim with a step, its input dim ``32*s6`` -> ``h`` and the symbol elsewhere -> ``(h/32)``."""
     inputs = {vi.name: vi for vi in model.graph.input}
-    renames: dict[str, str] = {}
+    whole: dict[str, str] = {}
+    symbols: dict[str, str] = {}
     for d in dims:
         i, axis = d.sites[0]
         dim = inputs[input_names[i]].type.tensor_type.shape.dim[axis]
         if not dim.HasField("dim_param"):
             raise EmitError(f"dim {axis} of input {input_names[i]!r} ({d.name}) came out static in the ONNX model")
-        renames[dim.dim_param] = d.name
-    if not renames:
-        return
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(renames, key=len, reverse=True))) + r")\b")
+        found = _SYMBOL.findall(dim.dim_param)
+        whole[dim.dim_param] = d.name
+        if len(found) == 1:
+            symbols[found[0]] = d.name if dim.dim_param == found[0] else f"({d.name}/{d.step or 1})"
     for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.HasField("dim_param"):
-                dim.dim_param = pattern.sub(lambda m: renames[m.group(1)], dim.dim_param)
+                p = dim.dim_param
+                dim.dim_param = whole.get(p) or _SYMBOL.sub(lambda m: symbols.get(m.group(0), m.group(0)), p)
 
 
 def dim_names(model: onnx.ModelProto) -> dict[str, list[int | str]]:

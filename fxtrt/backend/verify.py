@@ -12,7 +12,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -24,7 +24,7 @@ from polygraphy.logger import G_LOGGER
 
 from fxtrt.errors import VerificationError
 from fxtrt.frontend.capture import CapturedGraph
-from fxtrt.frontend.inputs import inputs_at, verification_sizes
+from fxtrt.frontend.inputs import grid_sizes, inputs_at, verification_sizes
 from fxtrt.settings import DynamicDim, Settings
 
 log = logging.getLogger(__name__)
@@ -181,17 +181,30 @@ def ort_meta(onnx_path: Path) -> TensorMetadata:
     return meta
 
 
-def verification_points(dims: Sequence[DynamicDim]) -> list[dict[str, int]]:
-    """Batch at min/opt/odd/max with other dims at opt, then the corners of the other dims' extremes."""
+def verification_points(dims: Sequence[DynamicDim], traced_low: Mapping[str, int] | None = None) -> list[dict[str, int]]:
+    """The first dim (the batch) at min/opt/odd/max with the others at opt; each other dim at
+    min, one size in between and max (at the first dim's extremes), all on the dims' grids.
+
+    ``traced_low``: where torch.export traced a dim only from above its min (its 0/1 rule), a
+    size in that gap is checked too.
+    """
     if not dims:
         return [{}]
     opt = {d.name: d.opt for d in dims}
     first, rest = dims[0], dims[1:]
     points = [{**opt, first.name: s} for s in verification_sizes(first)]
     for d in rest:
+        mid = [s for s in verification_sizes(d) if s not in (d.min, d.max, d.opt)]
         for s in sorted({d.min, d.max}):
             for f in sorted({first.min, first.max}):
                 points.append({**opt, d.name: s, first.name: f})
+        for s in mid:
+            points.append({**opt, d.name: s, first.name: first.opt})
+    for d in dims:
+        low = (traced_low or {}).get(d.name, d.min)
+        gap = [s for s in grid_sizes(d, d.min + 1) if s < low]
+        if gap:
+            points.append({**opt, d.name: gap[len(gap) // 2]})
     unique: list[dict[str, int]] = []
     for p in points:
         if p not in unique:
@@ -229,7 +242,8 @@ def verify_model(model: torch.nn.Module, onnx_path: Path, captured: CapturedGrap
     """The ONNX model against the original at every verification point, driven by Comparator."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    feeds = feeds_at(captured.example, settings.dims, captured.input_names, verification_points(settings.dims))
+    feeds = feeds_at(captured.example, settings.dims, captured.input_names,
+                     verification_points(settings.dims, captured.traced_low()))
     ort = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name="onnxruntime")
     runner = torch_runner(model, captured.example, captured, ort_meta(onnx_path))
     return run_comparison([runner, ort], feeds, settings.atol, settings.rtol)

@@ -5,6 +5,7 @@ token ids stay valid ids, masks stay masks, lengths stay in range.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Mapping, Sequence
 
 import torch
@@ -36,23 +37,36 @@ def inputs_at(
     return tuple(out)
 
 
-def capture_sizes(dim: DynamicDim) -> tuple[int, int]:
-    """Two sizes to trace a dim at.
+def grid_sizes(dim: DynamicDim, low: int = 0) -> range:
+    """Every size of ``dim`` on its grid (multiples of ``dim.grid``) in [max(min, low), max]."""
+    g = dim.grid
+    first = max(dim.min, -(-low // g) * g)
+    return range(first, dim.max + 1, g)
 
-    Never 0 or 1 (torch.export specialises those), and for the batch never the example's own
-    size, so a value baked from the example cannot pass for a batch-independent constant.
-    """
-    avoid = {0, 1} | ({dim.example} if dim.is_batch else set())
-    if not dim.is_batch and dim.example not in avoid:
-        return dim.example, dim.example + 1
-    picks = [s for s in range(2, 2 + 8) if s not in avoid][:2]
-    return picks[0], picks[1]
+
+def symbolic_size(dim: DynamicDim) -> int | None:
+    """The size the symbolic capture traces ``dim`` at: the example's own when it lies on the
+    grid, else the smallest grid size; never 0 or 1, which torch.export specialises. None when
+    the range holds no such size."""
+    if dim.example >= 2 and dim.example in grid_sizes(dim):
+        return dim.example
+    return next(iter(grid_sizes(dim, 2)), None)
+
+
+def diff_sizes(dim: DynamicDim) -> list[int]:
+    """Up to three grid sizes to trace a dim the model bakes in at: two fit ``a*size + c``, the
+    third checks the fit. Never 0 or 1, and for the batch never the example's own size, so a
+    value baked from the example cannot pass for a batch-independent constant."""
+    avoid = {dim.example} if dim.is_batch else set()
+    return [s for s in itertools.islice(grid_sizes(dim, 2), 0, 8) if s not in avoid][:3]
 
 
 def verification_sizes(dim: DynamicDim) -> list[int]:
-    """min, opt, max and one odd size in between: the sizes an artifact is checked at."""
+    """min, opt, max and one size in between (an odd multiple of the grid where there is one):
+    the sizes an artifact is checked at, all on the grid."""
     sizes = {dim.min, dim.opt, dim.max}
-    odd = next((s for s in range(dim.min + 1, dim.max) if s % 2 == 1 and s not in sizes), None)
-    if odd is not None:
-        sizes.add(odd)
+    between = [s for s in itertools.islice(grid_sizes(dim, dim.min + 1), 0, 64) if s < dim.max and s not in sizes]
+    pick = next((s for s in between if (s // dim.grid) % 2 == 1), between[0] if between else None)
+    if pick is not None:
+        sizes.add(pick)
     return sorted(sizes)

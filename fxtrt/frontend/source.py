@@ -6,6 +6,7 @@ called it, so library frames are skipped.
 """
 from __future__ import annotations
 
+import importlib.util
 import linecache
 import os
 import re
@@ -16,11 +17,25 @@ from types import TracebackType
 import torch.fx
 
 _FRAME_RE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
-# Frames inside these directories are library code, never the line a user wants to see.
-_LIBRARY_DIRS = tuple(
-    os.sep + os.path.join(*parts) + os.sep
-    for parts in (("torch",), ("fxtrt", "frontend"), ("fxtrt", "passes"), ("fxtrt", "backend"))
-)
+# Packages whose frames are never the line a user wants to see: the toolchain, and fxtrt itself.
+# Model packages (torchvision, transformers, timm, ultralytics) are the user's model code.
+_TOOLCHAIN = ("torch", "onnx", "onnxscript", "onnx_ir", "onnxruntime", "onnxsim", "onnx_graphsurgeon",
+              "polygraphy", "fxtrt")
+
+
+def _package_dirs(names: tuple[str, ...]) -> tuple[str, ...]:
+    dirs = []
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            dirs.append(os.path.join(os.path.realpath(loc), ""))
+    return tuple(dirs)
+
+
+_LIBRARY_DIRS = _package_dirs(_TOOLCHAIN)
 _SITE_MARKERS = ("site-packages", "dist-packages")
 
 
@@ -34,20 +49,23 @@ class SourceLocation:
         return f"{self.file}:{self.line}"
 
 
-def _is_library(path: str) -> bool:
-    """Library frames: torch itself and the standard library; user packages stay user frames."""
-    if any(d in path for d in _LIBRARY_DIRS):
+def is_library(path: str) -> bool:
+    """Library frames: the toolchain (torch, onnx, ...), fxtrt and the standard library; model
+    packages and the user's own files are not."""
+    if path.startswith("<"):
         return True
-    return path.startswith("<") or (
-        f"{os.sep}lib{os.sep}python3" in path and not any(m in path for m in _SITE_MARKERS)
-    )
+    real = os.path.realpath(path)
+    if real.startswith(_LIBRARY_DIRS):
+        return True
+    return f"{os.sep}lib{os.sep}python3" in real and not any(m in real for m in _SITE_MARKERS)
 
 
 def _pick(frames: list[tuple[str, int]]) -> SourceLocation | None:
-    if not frames:
+    """The innermost frame outside the toolchain; None when every frame is inside it."""
+    user = [f for f in frames if not is_library(f[0])]
+    if not user:
         return None
-    user = [f for f in frames if not _is_library(f[0])]
-    file, line = (user or frames)[-1]
+    file, line = user[-1]
     return SourceLocation(file, line, linecache.getline(file, line).strip())
 
 

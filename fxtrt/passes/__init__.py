@@ -14,12 +14,14 @@ from fxtrt.errors import ConfigError, FxtrtError, PassError
 from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.fix_dtypes import fix_dtypes
+from fxtrt.passes.fold_constant_reads import fold_constant_reads
 from fxtrt.passes.generalize_batch import generalize_batch
 from fxtrt.passes.relax_views import relax_views
 from fxtrt.passes.infra import Change, PassContext, PassFn, PassRecord, PassResult
 
 REGISTRY: dict[str, PassFn] = {
     "drop_shape_guards": drop_shape_guards,
+    "fold_constant_reads": fold_constant_reads,
     "generalize_batch": generalize_batch,
     "canonicalize_flatten": canonicalize_flatten,
     "relax_views": relax_views,
@@ -27,7 +29,7 @@ REGISTRY: dict[str, PassFn] = {
 }
 
 # Without these the artifact would not serve the sizes it claims; they always run.
-REQUIRED = ("drop_shape_guards", "generalize_batch")
+REQUIRED = ("drop_shape_guards", "fold_constant_reads", "generalize_batch")
 
 
 def pass_name(p: str | Callable) -> str:

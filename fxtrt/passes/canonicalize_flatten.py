@@ -9,14 +9,18 @@ Before:  view(relu, [batch, -1])                  (ONNX: Shape, Gather, Unsqueez
 After:   view(relu, [-1, 2048])                   (ONNX: Reshape with a constant shape)
 
 Shufflenet's ``view(b, g, c // g, h, w)`` becomes ``view(-1, g, c // g, h, w)`` the same way.
-Which dims are dynamic comes from the traces (``meta["fxtrt_shapes"]``, set by
+Which dims are dynamic comes from the capture: a dim is dynamic where the traced shape holds a
+symbol, or, for baked dims, where the traces differ (``meta["fxtrt_shapes"]``, set by
 generalize_batch), so the pass never guesses.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.fx
 
+from fxtrt.frontend.capture import dynamic_axes, static_size
 from fxtrt.passes.infra import PassContext, PassResult, call_text, change
 
 aten = torch.ops.aten
@@ -24,12 +28,21 @@ aten = torch.ops.aten
 RESHAPES = frozenset({aten.view.default, aten.reshape.default, aten._unsafe_view.default})
 
 
-def dynamic_positions(node: torch.fx.Node) -> list[int] | None:
-    """Output dims whose size differs between the traces; None when unknown."""
+def traced_shapes(node: torch.fx.Node) -> list[tuple[Any, ...]] | None:
+    """The node's output shape in every trace (one for a symbolic capture); None when unknown."""
     shapes = node.meta.get("fxtrt_shapes")
+    if shapes is None:
+        val = node.meta.get("val")
+        shapes = [tuple(val.shape)] if isinstance(val, torch.Tensor) else None
     if not shapes or any(s is None for s in shapes) or len({len(s) for s in shapes}) != 1:
         return None
-    return [d for d in range(len(shapes[0])) if len({s[d] for s in shapes}) > 1]
+    return shapes
+
+
+def dynamic_positions(node: torch.fx.Node) -> list[int] | None:
+    """Output dims that are symbolic or differ between the traces; None when unknown."""
+    shapes = traced_shapes(node)
+    return None if shapes is None else dynamic_axes(shapes)
 
 
 def canonicalize_flatten(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -43,8 +56,8 @@ def canonicalize_flatten(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
         dynamic = dynamic_positions(node)
         if dynamic is None or len(dynamic) != 1:
             continue
-        static_shape = node.meta["fxtrt_shapes"][0]
-        new_sizes = [-1 if d in dynamic else int(static_shape[d]) for d in range(len(static_shape))]
+        static_shape = traced_shapes(node)[0]
+        new_sizes = [-1 if d in dynamic else static_size(static_shape[d]) for d in range(len(static_shape))]
         before = call_text(node)
         node.args = (node.args[0], new_sizes, *node.args[2:])
         changes.append(change(node, before, call_text(node), "dynamic dim as -1, others constant"))

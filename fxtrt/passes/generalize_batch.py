@@ -1,17 +1,22 @@
-"""Turn every literal that changed with the batch (or another dynamic dim) into an expression.
+"""Turn every literal that followed a baked-in dim into an expression of that dim.
 
-torch.export at concrete sizes bakes ``x.size(0)`` (and ``int(x.size(0))``) into the graph as a
-plain int. The frontend traced the model at two sizes per dynamic dim; aligning the traces
-node by node shows exactly which literals followed the size, and two points fix ``a*B + c``.
-With several dims the traces cover every corner, which fixes multilinear terms (``a*B*T``).
+The frontend captures symbolically first; only the dims the model bakes in (``int(x.size(0))``,
+``x.data.size()``, ``B*heads`` in seq-first attention) are traced at concrete sizes, two per dim
+at every corner plus one check trace, with every other dim still symbolic. Aligning the traces
+node by node shows exactly which literals followed the size; two points fix ``a*B + c`` (every
+corner fixes multilinear terms, ``a*B*T``), and the check trace, at sizes not used to fit,
+must agree with every expression, so floor arithmetic or a product that only looks affine on
+two points is a GeneralizationError at the user's line, never a guess.
 
-Before (traced at B=2 and B=3):   view(conv, [2, -1])      view(conv, [3, -1])
-After:                            B = sym_size(x, 0);  view(conv, [B, -1])
+Before (traced at B=2, B=3; checked at B=5):   view(conv, [2, -1])      view(conv, [3, -1])
+After:                                          B = sym_size(x, 0);  view(conv, [B, -1])
 
-Works wherever the batch sits inside the graph (``view(T, B*H, D)`` in seq-first attention
-fits ``a = H``). A trace whose structure differs between sizes (a Python loop over samples), or
-whose sizes come from tensor values (``.item()``, ``.tolist()``), raises GeneralizationError at
-the user's line: fxtrt never hands back a graph that is silently baked to one size.
+``chunk`` / ``split`` along a baked dim become ``split_with_sizes`` with symbolic sizes, since
+torch cannot prove how many pieces ``split(x, B)`` of ``2*B`` rows gives (RAFT's ``chunk``).
+A trace whose structure differs between sizes (a Python loop over samples) is a
+StructureError, and a value read from an input (``.item()``, ``.tolist()``) a
+GeneralizationError, both at the user's line: fxtrt never hands back a graph silently baked to
+one size.
 """
 from __future__ import annotations
 
@@ -55,6 +60,10 @@ class Expr:
             else:
                 parts.append(f"{c}*{mono}")
         return " + ".join(parts).replace("+ -", "- ") or "0"
+
+    def at(self, point: dict[str, int]) -> Fraction:
+        """The expression's value at ``point``."""
+        return sum((c * _prod(point[d] for d in dims) for dims, c in self.terms), Fraction(0))
 
     @property
     def is_integral(self) -> bool:
@@ -109,11 +118,10 @@ def _leaf_key(value: Any, index: dict[torch.fx.Node, int]) -> Any:
     return ("const", repr(value))
 
 
-def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
+def _shape(node: torch.fx.Node) -> tuple[Any, ...] | None:
+    """The traced shape: ints, and SymInts for the dims that stayed symbolic."""
     v = node.meta.get("val")
-    if not isinstance(v, torch.Tensor) or not all(isinstance(s, int) for s in v.shape):
-        return None  # not a tensor, or a size only known at run time (.item())
-    return tuple(v.shape)
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
 
 def _ops(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
@@ -192,7 +200,7 @@ class _Builder:
         return self.cache[key]
 
 
-def _structure_error(ctx: PassContext, caps, i: int) -> StructureError:
+def _structure_error(caps, i: int) -> StructureError:
     base, other = caps[0], caps[i]
     a, b = _ops(base.gm), _ops(other.gm)
     k = next((j for j, (x, y) in enumerate(zip(a, b)) if x.op != y.op or x.target != y.target), min(len(a), len(b)))
@@ -236,30 +244,33 @@ def generalize_batch(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
 
 def rewrite_size_literals(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """The rewrite itself, without the value-dependence check (``explain`` reports both)."""
-    dims = ctx.settings.dims
+    baked = ctx.captured.baked
     caps = ctx.captured.captures
-    if not dims or len(caps) < 2:
+    if not baked or len(caps) < 2:
         return PassResult(gm, [])
+    dims = [d for d in ctx.settings.dims if d.name in baked]
+    traces = caps + ctx.captured.checks  # fitted on caps, checked on the rest
 
     base_ops = _ops(gm)
-    others = [_ops(c.gm) for c in caps[1:]]
+    others = [_ops(c.gm) for c in traces[1:]]
     for i, ops in enumerate(others, start=1):
         if len(ops) != len(base_ops) or any(x.op != y.op or x.target != y.target for x, y in zip(base_ops, ops)):
-            raise _structure_error(ctx, caps, i)
+            raise _structure_error(traces, i)
 
-    names = [d.name for d in dims]
-    points = [c.sizes for c in caps]
-    builder = _Builder(gm, dims)
+    fit_points = [{n: c.sizes[n] for n in baked} for c in caps]
+    check_points = [{n: c.sizes[n] for n in baked} for c in ctx.captured.checks]
+    fitter = _Fitter(baked, fit_points, check_points, _Builder(gm, dims))
     changes: list[Change] = []
     base_index = {n: i for i, n in enumerate(base_ops)}
     peer_index = [{n: i for i, n in enumerate(ops)} for ops in others]
 
     # Compare everything first, rewrite after: rewrites must not disturb the alignment.
     rewrites: list[tuple[torch.fx.Node, list[Any], Any]] = []
+    splits: list[tuple[torch.fx.Node, list[torch.fx.Node]]] = []
     constants: list[tuple[torch.fx.Node, list[torch.fx.Node]]] = []
     for j, node in enumerate(base_ops):
         peers = [ops[j] for ops in others]
-        node.meta["fxtrt_shapes"] = [_shape(n) for n in (node, *peers)]
+        node.meta["fxtrt_shapes"] = [_shape(n) for n in (node, *peers[: len(caps) - 1])]
         if node.op == "get_attr":
             constants.append((node, peers))
             continue
@@ -278,6 +289,9 @@ def rewrite_size_literals(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
                     hint="the model builds an argument list whose length follows the batch",
                 )
             peer_leaves.append(pl)
+        if node.target in SPLITS and _pieces_vary(node, peers):
+            splits.append((node, peers))
+            continue
         new_leaves = list(leaves)
         touched = False
         for k, value in enumerate(leaves):
@@ -286,7 +300,7 @@ def rewrite_size_literals(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
             values = [value] + [pl[k] for pl in peer_leaves]
             if all(v == value for v in values):
                 continue
-            new_leaves[k] = _symbolic(node, values, names, points, builder)
+            new_leaves[k] = fitter.symbolic(node, values)
             touched = True
         if touched:
             rewrites.append((node, new_leaves, spec))
@@ -295,36 +309,99 @@ def rewrite_size_literals(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
         before = call_text(node)
         node.args, node.kwargs = pytree.tree_unflatten(new_leaves, spec)
         changes.append(change(node, before, call_text(node), "size-following literal made symbolic"))
+    for node, peers in splits:
+        changes.append(_explicit_split(node, peers, fitter))
     for node, peers in constants:
-        _generalize_constant(gm, node, peers, names, points, builder, changes)
+        _generalize_constant(gm, node, peers, fitter, changes)
 
     gm.graph.lint()
     gm.recompile()
     return PassResult(gm, changes)
 
 
-def _symbolic(node: torch.fx.Node, values: list[Any], names, points, builder: _Builder) -> Any:
-    if all(isinstance(v, int) for v in values):
-        e = fit(names, points, values)
+SPLITS = frozenset({aten.chunk.default, aten.split.Tensor})
+
+
+def _pieces(node: torch.fx.Node) -> list[tuple[Any, ...]] | None:
+    val = node.meta.get("val")
+    if not isinstance(val, (list, tuple)) or not all(isinstance(v, torch.Tensor) for v in val):
+        return None
+    return [tuple(v.shape) for v in val]
+
+
+def _pieces_vary(node: torch.fx.Node, peers: Sequence[torch.fx.Node]) -> bool:
+    mine = _pieces(node)
+    return mine is not None and any(_pieces(p) != mine for p in peers)
+
+
+def _explicit_split(node: torch.fx.Node, peers: Sequence[torch.fx.Node], fitter: "_Fitter") -> Change:
+    """``chunk(x, 2)`` / ``split(x, B)`` along a baked dim -> ``split_with_sizes(x, [B, B])``."""
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    all_pieces = [_pieces(n) for n in (node, *peers)]
+    if any(p is None or len(p) != len(all_pieces[0]) for p in all_pieces):
+        raise GeneralizationError(
+            f"{call_text(node)} splits a dynamic dim into a number of pieces that follows the size",
+            node=node.name, source=source_of(node),
+            hint="split into a fixed number of pieces (torch.chunk(x, n)) or keep that dim static",
+        )
+    axis = dim % len(all_pieces[0][0])
+    sizes = []
+    for k in range(len(all_pieces[0])):
+        values = [pieces[k][axis] for pieces in all_pieces]
+        sizes.append(values[0] if all(v == values[0] for v in values) else fitter.symbolic(node, values))
+    before = call_text(node)
+    node.target = aten.split_with_sizes.default
+    node.args = (node.args[0], sizes, dim)
+    node.kwargs = {}
+    return change(node, before, call_text(node), "split along a baked dim with explicit symbolic sizes")
+
+
+class _Fitter:
+    """Fits a literal's values at the fit traces and checks the expression at the check traces."""
+
+    def __init__(self, names: Sequence[str], points: Sequence[dict[str, int]], checks: Sequence[dict[str, int]],
+                 builder: _Builder) -> None:
+        self.names, self.points, self.checks, self.builder = list(names), list(points), list(checks), builder
+
+    def symbolic(self, node: torch.fx.Node, values: Sequence[Any]) -> Any:
+        """A node (or number) computing the literal at every size, checked at the check traces."""
+        fit_values, check_values = list(values[: len(self.points)]), list(values[len(self.points):])
+        if all(isinstance(v, int) for v in values):
+            e = fit(self.names, self.points, fit_values)
+            if e is not None and e.is_integral:
+                self.check(node, e, check_values)
+                return self.builder.expr(e)
+        # A float that is c / size (a mean over the batch computed in Python).
+        for name in self.names:
+            prods = [v * p[name] for v, p in zip(values, self.points + self.checks)]
+            if all(abs(x - prods[0]) <= 1e-9 * max(1.0, abs(prods[0])) for x in prods):
+                return self.builder.inverse(float(prods[0]), name)
+        e = fit(self.names, self.points, [Fraction(v).limit_denominator(10**6) for v in fit_values])
         if e is not None and e.is_integral:
-            return builder.expr(e)
-    # A float that is c / size (a mean over the batch computed in Python).
-    for name in names:
-        prods = [v * p[name] for v, p in zip(values, points)]
-        if all(abs(x - prods[0]) <= 1e-9 * max(1.0, abs(prods[0])) for x in prods):
-            return builder.inverse(float(prods[0]), name)
-    e = fit(names, points, [Fraction(v).limit_denominator(10**6) for v in values])
-    if e is not None and e.is_integral:
-        return builder.expr(e)
-    shown = ", ".join(f"{v!r} at {p}" for v, p in zip(values, points))
-    raise GeneralizationError(
-        f"a literal in {node.name} follows the input size in a way fxtrt cannot express ({shown})",
-        node=node.name, source=source_of(node),
-        hint="compute this value with tensor ops on x.shape, or make that dim static",
-    )
+            self.check(node, e, check_values)
+            return self.builder.expr(e)
+        raise self._error(node, values)
+
+    def check(self, node: torch.fx.Node, e: Expr, values: Sequence[Any]) -> None:
+        """``e`` must give the literal at every check trace, sizes it was not fitted on."""
+        for point, value in zip(self.checks, values):
+            if e.at(point) != Fraction(value).limit_denominator(10**6):
+                raise self._error(node, None, f": {e} fits the traces, but at {point} the value is {value!r}, "
+                                              f"not {e.at(point)}; it follows the size non-affinely")
+
+    def _error(self, node: torch.fx.Node, values: Sequence[Any] | None, detail: str = "") -> GeneralizationError:
+        shown = ""
+        if values is not None:
+            shown = " (" + ", ".join(f"{v!r} at {p}" for v, p in zip(values, self.points + self.checks)) + ")"
+        return GeneralizationError(
+            f"a literal in {node.name} follows the input size in a way fxtrt cannot express{shown}{detail}",
+            node=node.name, source=source_of(node),
+            hint="compute this value with tensor ops on x.shape (torch.export then keeps it symbolic), "
+                 "or make that dim static",
+        )
 
 
-def _generalize_constant(gm, node, peers, names, points, builder: _Builder, changes: list[Change]) -> None:
+def _generalize_constant(gm, node, peers, fitter: "_Fitter", changes: list[Change]) -> None:
     """A constant tensor whose length follows a size: rebuild it from a slice, or fail loudly."""
     value = _get_attr(gm, node.target) if _has_attr(gm, node.target) else None
     if not isinstance(value, torch.Tensor):
@@ -345,8 +422,10 @@ def _generalize_constant(gm, node, peers, names, points, builder: _Builder, chan
         )
         if repeated:
             d = varying[0]
-            size_expr = fit(names, points, [s[d] for s in shapes])
+            builder = fitter.builder
+            size_expr = fit(fitter.names, fitter.points, [s[d] for s in shapes[: len(fitter.points)]])
             if size_expr is not None and size_expr.is_integral:
+                fitter.check(node, size_expr, [s[d] for s in shapes[len(fitter.points):]])
                 slice_name = f"{node.target.replace('.', '_')}_row"
                 gm.register_buffer(slice_name, first.clone(), persistent=False)
                 sizes = list(value.shape)

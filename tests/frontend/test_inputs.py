@@ -1,6 +1,6 @@
 import torch
 
-from fxtrt.frontend.inputs import capture_sizes, inputs_at, resize_dim, verification_sizes
+from fxtrt.frontend.inputs import diff_sizes, grid_sizes, inputs_at, resize_dim, symbolic_size, verification_sizes
 from fxtrt.settings import DynamicDim
 
 
@@ -21,14 +21,30 @@ def test_inputs_at_resizes_every_site_of_a_dim():
     assert x.shape == (1, 7, 4) and m.shape == (1, 1, 7)
 
 
-def test_capture_sizes_avoid_zero_one_and_the_example_batch():
-    assert capture_sizes(dim(example=1)) == (2, 3)
-    assert capture_sizes(dim(example=2)) == (3, 4)
-    assert capture_sizes(dim(example=3)) == (2, 4)
-    assert capture_sizes(DynamicDim("T", 20, 50, 100, ((0, 1),), 30)) == (30, 31)
+def test_symbolic_capture_traces_at_two_or_more_on_the_grid():
+    assert symbolic_size(dim(example=1)) == 2, "never 0 or 1, which torch.export specialises"
+    assert symbolic_size(dim(example=5)) == 5
+    assert symbolic_size(DynamicDim("h", 320, 480, 640, ((0, 2),), 300, 32)) == 320, "300 is off the grid"
+    assert symbolic_size(DynamicDim("h", 320, 480, 640, ((0, 2),), 416, 32)) == 416
+    assert symbolic_size(dim(lo=1, opt=1, hi=1)) is None
 
 
-def test_verification_sizes_are_min_opt_max_and_an_odd_size():
+def test_diff_sizes_avoid_zero_one_and_the_example_batch():
+    assert diff_sizes(dim(example=1)) == [2, 3, 4]
+    assert diff_sizes(dim(example=2)) == [3, 4, 5]
+    assert diff_sizes(dim(example=3)) == [2, 4, 5]
+    assert diff_sizes(DynamicDim("T", 20, 50, 100, ((0, 1),), 30)) == [20, 30, 40], "multiples of gcd(20, 50, 100)"
+    assert diff_sizes(dim(lo=1, opt=2, hi=3)) == [2, 3], "never past max"
+
+
+def test_grid_is_the_step_or_the_gcd_of_the_range():
+    assert list(grid_sizes(DynamicDim("h", 320, 480, 640, ((0, 2),), 320, 32))) == list(range(320, 641, 32))
+    assert list(grid_sizes(DynamicDim("h", 64, 128, 192, ((0, 2),), 128))) == [64, 128, 192]
+
+
+def test_verification_sizes_are_min_opt_max_and_one_in_between_on_the_grid():
     assert verification_sizes(dim()) == [1, 3, 8, 32]
-    assert verification_sizes(dim(lo=2, opt=4, hi=16)) == [2, 3, 4, 16]
+    assert verification_sizes(dim(lo=2, opt=4, hi=16)) == [2, 4, 6, 16], "multiples of gcd(2, 4, 16)"
     assert verification_sizes(dim(lo=4, opt=4, hi=4)) == [4]
+    assert verification_sizes(DynamicDim("h", 320, 480, 640, ((0, 2),), 320, 32)) == [320, 352, 480, 640]
+    assert verification_sizes(DynamicDim("h", 64, 128, 192, ((0, 2),), 128)) == [64, 128, 192]

@@ -91,12 +91,34 @@ def test_constant_with_batch_dependent_values_is_refused(traced):
 def test_float_literal_divided_by_the_batch(traced):
     class MeanOverBatch(torch.nn.Module):
         def forward(self, x):
-            return x * (1.0 / x.size(0))
+            return x * (1.0 / int(x.size(0)))
 
     gm, ctx = traced(MeanOverBatch(), torch.randn(1, 4))
     result = run(gm, ctx)
     assert any("/batch" in c.after for c in result.changes)
     assert_same(gm, MeanOverBatch(), torch.randn(6, 4))
+
+
+def test_sizes_computed_from_shapes_stay_symbolic_and_need_no_rewrite(traced):
+    class MeanOverBatch(torch.nn.Module):
+        def forward(self, x):
+            return x * (1.0 / x.size(0))
+
+    gm, ctx = traced(MeanOverBatch(), torch.randn(1, 4))
+    assert ctx.captured.symbolic and len(ctx.captured.captures) == 1
+    assert not run(gm, ctx).modified
+    assert_same(gm, MeanOverBatch(), torch.randn(6, 4))
+
+
+def test_a_literal_that_only_looks_affine_on_the_fit_sizes_is_refused(traced):
+    class HalfBatch(torch.nn.Module):
+        def forward(self, x):
+            return x[:, : int(x.size(0)) // 2 + 1]  # 2 at B=2 and B=3, 3 at B=4
+
+    gm, ctx = traced(HalfBatch(), torch.randn(1, 12), batch=(1, 2, 12))
+    with pytest.raises(GeneralizationError, match="non-affinely") as info:
+        run(gm, ctx)
+    assert info.value.source.startswith(SEED_FILE.replace("seed_models.py", "passes/test_generalize_batch.py"))
 
 
 def test_per_sample_loop_is_refused_at_the_loop_line(traced):
