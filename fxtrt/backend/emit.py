@@ -26,6 +26,7 @@ import torch.utils._pytree as pytree
 from fxtrt.backend.opset import convert_opset
 from fxtrt.errors import EmitError, GeneralizationError
 from fxtrt.frontend.capture import CapturedGraph, Program, dynamic_shapes, torch_dims
+from fxtrt.frontend.guards import check_deferred_asserts
 from fxtrt.frontend.source import location_of_traceback
 from fxtrt.settings import DynamicDim
 
@@ -105,6 +106,7 @@ def exported_program(gm: torch.fx.GraphModule, program: Program) -> torch.export
     call = ModuleCallSignature(
         inputs=[TensorArgument(env[u].name) for u in user], outputs=[o.arg for o in outputs],
         in_spec=pytree.tree_structure(((0,) * len(user), {})), out_spec=pytree.tree_structure((0,) * len(outputs)),
+        forward_arg_names=[env[u].name for u in user],
     )
     return torch.export.ExportedProgram(
         root=gm, graph=graph, graph_signature=ExportGraphSignature(specs, outputs), state_dict=state_dict,
@@ -126,7 +128,8 @@ def _reexport(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor], dims: Se
     named = torch_dims(dims, {name: (c.low, c.high) for name, c in captured.dims.items()})
     spec = dynamic_shapes(len(inputs), dims, named) if dims else None
     try:
-        return torch.export.export(gm, tuple(inputs), dynamic_shapes=spec, strict=False)
+        ep = torch.export.export(gm, tuple(inputs), dynamic_shapes=spec, strict=False,
+                                 prefer_deferred_runtime_asserts_over_guards=spec is not None)
     except Exception as exc:
         loc = location_of_traceback(exc.__traceback__)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -137,6 +140,8 @@ def _reexport(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor], dims: Se
             source=str(loc) if loc else None,
             hint="a size may still be baked in; run fxtrt explain on the model to see where",
         ) from exc
+    check_deferred_asserts(ep, dims)
+    return ep
 
 
 def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[DynamicDim], opset: int) -> Emitted:

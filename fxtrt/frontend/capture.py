@@ -29,6 +29,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from fxtrt.errors import CaptureError, ConfigError, GeneralizationError
+from fxtrt.frontend.guards import check_deferred_asserts
 from fxtrt.frontend.inputs import diff_sizes, grid_sizes, inputs_at, symbolic_size
 from fxtrt.frontend.source import location_of_traceback
 from fxtrt.frontend.state import ModuleState
@@ -199,7 +200,10 @@ def export_once(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec: 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ep = torch.export.export(model, inputs, dynamic_shapes=spec, strict=False)
+            # Facts torch cannot prove symbolically become runtime asserts, which fxtrt checks over
+            # the whole range (frontend.guards) instead of losing the dim.
+            ep = torch.export.export(model, inputs, dynamic_shapes=spec, strict=False,
+                                     prefer_deferred_runtime_asserts_over_guards=spec is not None)
         for w in {str(w.message) for w in caught}:
             log.debug("torch.export: %s", w)
         return ep
@@ -263,7 +267,9 @@ def _why(message: str, dim: DynamicDim) -> str:
     lines = [ln.strip(" -") for ln in message.splitlines() if f" {dim.name} " in f" {ln} " or f"{dim.name}_div" in ln]
     lines = [ln for ln in lines if not ln.startswith(("Suggested", f"{dim.name} ="))]
     text = lines[0] if lines else _first_lines(message, 1)
-    return text.split(" If you're using")[0][:400]
+    for cut in (" If you're using", ".Specializations", " Specializations"):
+        text = text.split(cut)[0]
+    return text[:400]
 
 
 def _eager_failure(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[str, str | None] | None:
@@ -431,6 +437,9 @@ def capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings:
     try:
         run = _Capturer(model, example, settings, state)
         ep = run.symbolic()
+        checked = check_deferred_asserts(ep, [d for d in settings.dims if d.name not in run.baked])
+        if checked.note():
+            notes.append(checked.note())
         sizes = run._trace_sizes()
         captures = [Capture(sizes, _flat_module(ep), inputs_at(example, settings.dims, sizes))]
         checks: list[Capture] = []

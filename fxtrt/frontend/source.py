@@ -88,7 +88,11 @@ def source_of(node: torch.fx.Node) -> str | None:
 
 def location_of_traceback(tb: TracebackType | None) -> SourceLocation | None:
     """The innermost user frame of an exception raised while tracing the user's model."""
-    frames = [(f.filename, f.lineno or 0) for f in traceback.extract_tb(tb)]
+    return location_of_frames([(f.filename, f.lineno or 0) for f in traceback.extract_tb(tb)])
+
+
+def location_of_frames(frames: list[tuple[str, int]]) -> SourceLocation | None:
+    """The innermost user frame of (file, line) pairs, outermost first."""
     return _pick(frames)
 
 

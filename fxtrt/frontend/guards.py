@@ -1,0 +1,132 @@
+"""Check the runtime assertions torch.export defers, at every size of the declared ranges.
+
+Some facts a graph relies on cannot be proved symbolically: Segformer's reshapes need
+``(H-1)//4 + 1`` to differ from its square, true for every H, but not something sympy can show.
+torch.export can defer such facts to runtime asserts (``prefer_deferred_runtime_asserts_over_guards``)
+instead of refusing the dim. ONNX has no asserts, so fxtrt evaluates each one at every size
+the artifact claims (every integer of each declared range, every multiple of a dim's step) and
+only then drops them. A fact that fails somewhere in the range is a ConfigError naming the
+first size it fails at: fxtrt never serves a size its graph was not traced for.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import sympy
+import torch
+
+from fxtrt.errors import ConfigError
+from fxtrt.frontend.source import location_of_frames
+from fxtrt.settings import DynamicDim
+
+log = logging.getLogger(__name__)
+
+# More points than this per assert are sampled, not enumerated (and the note says so).
+MAX_POINTS = 200_000
+
+
+@dataclass(frozen=True)
+class AssertCheck:
+    """What checking the deferred asserts found: how many, at how many points, exhaustively or not."""
+
+    asserts: int
+    points: int
+    exhaustive: bool
+    skipped: int  # asserts on tensor values (unbacked symbols), which no size can decide
+
+    def note(self) -> str | None:
+        if not self.asserts and not self.skipped:
+            return None
+        how = "every size of the declared ranges" if self.exhaustive else "a sample of the declared ranges"
+        text = (f"{self.asserts} runtime assert(s) torch.export could not prove symbolically were checked at {how} "
+                f"({self.points} point(s)) and hold")
+        if self.skipped:
+            text += f"; {self.skipped} assert(s) on tensor values were left to verification"
+        return text
+
+
+def _symbols(ep: torch.export.ExportedProgram, dims: Sequence[DynamicDim]) -> dict[sympy.Symbol, tuple[DynamicDim, int]]:
+    """Each dim's symbol, and the factor its input size is of it (``step`` for ``32*s6``)."""
+    user = set(ep.graph_signature.user_inputs)
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
+    out: dict[sympy.Symbol, tuple[DynamicDim, int]] = {}
+    for d in dims:
+        i, axis = d.sites[0]
+        size = placeholders[i].meta["val"].shape[axis]
+        if not isinstance(size, torch.SymInt):
+            continue
+        expr = size.node.expr
+        coeff, rest = expr.as_coeff_Mul() if isinstance(expr, sympy.Mul) else (1, expr)
+        if isinstance(rest, sympy.Symbol):
+            out[rest] = (d, int(coeff))
+    return out
+
+
+def _values(d: DynamicDim, factor: int) -> range:
+    return range(-(-d.min // factor), d.max // factor + 1)
+
+
+def check_deferred_asserts(ep: torch.export.ExportedProgram, dims: Sequence[DynamicDim]) -> AssertCheck:
+    """Evaluate every deferred runtime assert of ``ep`` over the declared ranges of ``dims``."""
+    from torch.utils._sympy.printers import PythonPrinter
+
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"]
+    fake = next((v for v in vals if isinstance(v, torch.Tensor) and hasattr(v, "fake_mode")), None)
+    if fake is None or fake.fake_mode.shape_env is None:
+        return AssertCheck(0, 0, True, 0)
+    shape_env = fake.fake_mode.shape_env
+    symbols = _symbols(ep, dims)
+    asserts = [ra for ras in shape_env.deferred_runtime_asserts.values() for ra in ras]
+    checked = skipped = points = 0
+    exhaustive = True
+    seen: set[str] = set()
+    for ra in asserts:
+        expr = shape_env.simplify(ra.expr)
+        if expr is sympy.true or str(expr) in seen:
+            continue
+        seen.add(str(expr))
+        free = sorted(expr.free_symbols, key=str)
+        if any(s not in symbols for s in free):
+            skipped += 1
+            continue
+        ranges = [_values(*symbols[s]) for s in free]
+        total = 1
+        for r in ranges:
+            total *= len(r)
+        if total > MAX_POINTS:
+            exhaustive = False
+            per = max(2, int(MAX_POINTS ** (1 / len(ranges))))
+            ranges = [r if len(r) <= per else [r[k * (len(r) - 1) // (per - 1)] for k in range(per)] for r in ranges]
+        fn = eval(f"lambda {', '.join(str(s) for s in free)}: {PythonPrinter().doprint(expr)}")  # noqa: S307
+        for combo in itertools.product(*ranges):
+            points += 1
+            if not fn(*combo):
+                raise _failure(ra, expr, free, combo, symbols)
+        checked += 1
+    check = AssertCheck(checked, points, exhaustive, skipped)
+    if checked:
+        log.info("%s", check.note())
+    return check
+
+
+def _failure(ra: Any, expr: sympy.Expr, free: list, combo: tuple, symbols) -> ConfigError:
+    sizes = ", ".join(f"{symbols[s][0].name}={v * symbols[s][1]}" for s, v in zip(free, combo))
+    names = {s: sympy.Symbol(symbols[s][0].name if symbols[s][1] == 1 else f"({symbols[s][0].name}/{symbols[s][1]})")
+             for s in free}
+    loc = None
+    stack = getattr(ra, "stack", None)
+    if stack is not None:
+        try:
+            loc = location_of_frames([(f.filename, f.lineno or 0) for f in stack.summary()])
+        except Exception:  # a traceback torch could not render: no line, the message still stands
+            loc = None
+    return ConfigError(
+        f"the model's graph holds only where {expr.xreplace(names)}, which fails at {sizes}: that size is in the "
+        "declared range but the model cannot serve it with one graph",
+        source=str(loc) if loc else None,
+        hint="give the dim a step, (min, opt, max, step), so that only sizes the model serves are claimed, "
+             "or narrow the range",
+    )
