@@ -44,6 +44,7 @@ from fxtrt.backend.verify import (
 )
 from fxtrt.errors import ConfigError, EmitError, PrecisionError, StructureError
 from fxtrt.frontend.capture import CapturedGraph, capture, dynamic_axes
+from fxtrt.frontend.state import ModuleState
 from fxtrt.frontend.inputs import inputs_at
 from fxtrt.debug import PassDebugger
 from fxtrt.passes import PassContext, resolve, run_passes
@@ -194,7 +195,8 @@ def compile(
     report = Report(model=type(model).__name__, settings=settings.to_dict())
     total = (5 if settings.verify else 4) + (settings.precision == "fp16") + (settings.target == "tensorrt")
 
-    with ArtifactDir(settings.out_dir) as stage:
+    # The eager runs of verification may cache on the model too; compile leaves it as it found it.
+    with ModuleState(model), ArtifactDir(settings.out_dir) as stage:
         server: BucketServer | None = None
         gm: torch.fx.GraphModule | None = None
         staged = stage.path / MODEL_FILE

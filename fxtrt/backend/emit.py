@@ -25,7 +25,8 @@ import torch.utils._pytree as pytree
 
 from fxtrt.backend.opset import convert_opset
 from fxtrt.errors import EmitError, GeneralizationError
-from fxtrt.frontend.capture import CapturedGraph, Program, dynamic_shapes, torch_dims
+from fxtrt.frontend.capture import CapturedGraph, Program
+from fxtrt.frontend.export import dynamic_shapes, torch_dims
 from fxtrt.frontend.guards import check_deferred_asserts
 from fxtrt.frontend.source import location_of_traceback
 from fxtrt.settings import DynamicDim

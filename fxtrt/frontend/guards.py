@@ -5,14 +5,17 @@ Some facts a graph relies on cannot be proved symbolically: Segformer's reshapes
 torch.export can defer such facts to runtime asserts (``prefer_deferred_runtime_asserts_over_guards``)
 instead of refusing the dim. ONNX has no asserts, so fxtrt evaluates each one at every size
 the artifact claims (every integer of each declared range, every multiple of a dim's step) and
-only then drops them. A fact that fails somewhere in the range is a ConfigError naming the
-first size it fails at: fxtrt never serves a size its graph was not traced for.
+only then drops them. A fact that fails only at the low end of one dim's range (the 0/1 rule:
+``(T-3)//2 != 0`` for a stride-2 conv) raises that dim's traced low, which capture treats as it
+treats torch's own low-end refinements (eager check at the declared min, verification below the
+traced low). A fact that fails anywhere else is a ConfigError naming the first size it fails at:
+fxtrt never serves a size its graph was not traced for.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import sympy
@@ -36,6 +39,7 @@ class AssertCheck:
     points: int
     exhaustive: bool
     skipped: int  # asserts on tensor values (unbacked symbols), which no size can decide
+    lows: dict[str, int] = field(default_factory=dict)  # dim -> the size from which every assert holds
 
     def note(self) -> str | None:
         if not self.asserts and not self.skipped:
@@ -82,6 +86,7 @@ def check_deferred_asserts(ep: torch.export.ExportedProgram, dims: Sequence[Dyna
     asserts = [ra for ras in shape_env.deferred_runtime_asserts.values() for ra in ras]
     checked = skipped = points = 0
     exhaustive = True
+    lows: dict[str, int] = {}
     seen: set[str] = set()
     for ra in asserts:
         expr = shape_env.simplify(ra.expr)
@@ -101,15 +106,40 @@ def check_deferred_asserts(ep: torch.export.ExportedProgram, dims: Sequence[Dyna
             per = max(2, int(MAX_POINTS ** (1 / len(ranges))))
             ranges = [r if len(r) <= per else [r[k * (len(r) - 1) // (per - 1)] for k in range(per)] for r in ranges]
         fn = eval(f"lambda {', '.join(str(s) for s in free)}: {PythonPrinter().doprint(expr)}")  # noqa: S307
+        failed = []
         for combo in itertools.product(*ranges):
             points += 1
             if not fn(*combo):
-                raise _failure(ra, expr, free, combo, symbols)
+                failed.append(combo)
+        if failed:
+            low = _low_end(failed, ranges)
+            if low is None:
+                raise _failure(ra, expr, free, failed[0], symbols)
+            d, factor = symbols[free[low[0]]]
+            lows[d.name] = max(lows.get(d.name, d.min), low[1] * factor)
         checked += 1
-    check = AssertCheck(checked, points, exhaustive, skipped)
+    check = AssertCheck(checked, points, exhaustive, skipped, lows)
     if checked:
         log.info("%s", check.note())
     return check
+
+
+def _low_end(failed: list[tuple[int, ...]], ranges: list[Any]) -> tuple[int, int] | None:
+    """(axis, value) if the assert fails exactly where one symbol is below ``value`` (at every
+    value of the others) and holds everywhere else: a low end, not a hole in the range."""
+    for axis, values in enumerate(ranges):
+        worst = max(c[axis] for c in failed)
+        above = [v for v in values if v > worst]
+        if not above:
+            continue
+        below = sum(1 for v in values if v < above[0])
+        others = 1
+        for j, r in enumerate(ranges):
+            if j != axis:
+                others *= len(r)
+        if below * others == len(failed):
+            return axis, above[0]
+    return None
 
 
 def _failure(ra: Any, expr: sympy.Expr, free: list, combo: tuple, symbols) -> ConfigError:

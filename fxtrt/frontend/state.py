@@ -32,7 +32,8 @@ class _Saved:
 
 
 class ModuleState:
-    """``state = ModuleState(model)``; ``state.restore()`` before each trace and at the end.
+    """``state = ModuleState(model)``; ``state.restore()`` before each trace and at the end
+    (``with ModuleState(model):`` restores on leaving the block).
 
     Plain attributes are kept by value one level deep (a list the forward appends to is restored
     too); buffers by value, since a forward may update them in place; parameters by identity,
@@ -49,6 +50,12 @@ class ModuleState:
                 {k: b.detach().clone() for k, b in module._buffers.items() if isinstance(b, torch.Tensor)},
                 {k: p._version for k, p in module._parameters.items() if p is not None},
             ))
+
+    def __enter__(self) -> "ModuleState":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
 
     def restore(self) -> None:
         for s in self._saved:

@@ -1,0 +1,150 @@
+"""torch.export, called the way capture needs it: named dims over given ranges, constraint
+violations kept (with torch's suggested fixes) for capture to act on, every other failure an
+fxtrt error at the user's line.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from fxtrt.errors import CaptureError, GeneralizationError
+from fxtrt.frontend.source import location_of_traceback
+from fxtrt.settings import DynamicDim
+
+log = logging.getLogger(__name__)
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str | None]:
+    loc = location_of_traceback(exc.__traceback__)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first, str(loc) if loc else None
+
+
+_DATA_DEPENDENT = ("data-dependent", "data dependent", "GuardOnDataDependentSymNode", "unbacked")
+
+
+class Violation(Exception):
+    """torch.export's constraint violation, with its suggested fixes."""
+
+    def __init__(self, message: str, spec: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.spec = spec
+
+
+def torch_dims(dims: Sequence[DynamicDim], ranges: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
+    """One ``torch.export.Dim`` per dynamic dim over ``ranges``; ``step * Dim`` for a stepped dim."""
+    out: dict[str, Any] = {}
+    for d in dims:
+        if d.name not in ranges:
+            continue
+        lo, hi = ranges[d.name]
+        if d.step:
+            out[d.name] = d.step * torch.export.Dim(f"{d.name}_div{d.step}", min=lo // d.step, max=hi // d.step)
+        else:
+            out[d.name] = torch.export.Dim(d.name, min=lo, max=hi)
+    return out
+
+
+def dynamic_shapes(n_inputs: int, dims: Sequence[DynamicDim], named: Mapping[str, Any]) -> tuple[Any, ...]:
+    """torch.export's ``dynamic_shapes`` for positional inputs: ``{axis: Dim}`` per input."""
+    spec: list[dict[int, Any] | None] = [None] * n_inputs
+    for d in dims:
+        if d.name in named:
+            for i, axis in d.sites:
+                spec[i] = {**(spec[i] or {}), axis: named[d.name]}
+    return tuple(spec)
+
+
+def export_once(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec: Any = None) -> torch.export.ExportedProgram:
+    """torch.export (non-strict) with failures turned into fxtrt errors at the user's line.
+
+    A constraint violation (a dim the model specialises or limits) is raised as ``Violation``
+    for :func:`capture` to act on.
+    """
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Facts torch cannot prove symbolically become runtime asserts, which fxtrt checks over
+            # the whole range (frontend.guards) instead of losing the dim.
+            ep = torch.export.export(model, inputs, dynamic_shapes=spec, strict=False,
+                                     prefer_deferred_runtime_asserts_over_guards=spec is not None)
+        for w in {str(w.message) for w in caught}:
+            log.debug("torch.export: %s", w)
+        return ep
+    except Exception as exc:  # torch.export raises many unrelated types
+        text = str(exc)
+        if spec is not None and "Suggested fixes" in text and "Constraints violated" in text:
+            raise Violation(text, spec) from exc
+        message, source = describe_failure(exc)
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        if any(k in f"{type(exc).__name__} {exc}" for k in _DATA_DEPENDENT):
+            raise GeneralizationError(
+                f"the model's shapes depend on tensor values (e.g. .item() or .tolist()): {message}",
+                source=source,
+                hint="compute sizes from x.shape instead of from tensor values, or keep that input static",
+            ) from exc
+        raise CaptureError(
+            f"torch.export could not capture the model at input shapes {shapes}: {type(exc).__name__}: {message}",
+            source=source,
+            hint="check that the model runs eagerly at these shapes; fxtrt traces it at sizes other than the example's",
+        ) from exc
+
+
+def suggested_fixes(violation: Violation, dims: Sequence[DynamicDim]) -> dict[str, int | tuple[int | None, int | None]]:
+    """torch's suggested fixes per dim: a constant (the dim is baked in) or a narrower range."""
+    from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
+
+    head, _, fixes = violation.message.partition("Suggested fixes:")
+    block = []
+    for line in fixes.strip("\n").splitlines():  # the fixes end at the first blank line
+        if not line.strip():
+            break
+        block.append(line)
+    try:
+        refined = refine_dynamic_shapes_from_suggested_fixes(head + "Suggested fixes:\n" + "\n".join(block),
+                                                             violation.spec)
+    except Exception as exc:  # a message torch cannot read back: report it as it is
+        raise CaptureError(f"torch.export could not keep the dynamic dims: {first_lines(violation.message)}",
+                           hint="run fxtrt explain on the model to see where sizes are baked in") from exc
+    out: dict[str, int | tuple[int | None, int | None]] = {}
+    for d in dims:
+        i, axis = d.sites[0]
+        before = (violation.spec[i] or {}).get(axis)
+        after = (refined[i] or {}).get(axis) if isinstance(refined[i], dict) else None
+        if before is None or after is before:
+            continue
+        if isinstance(after, int):
+            out[d.name] = after
+        elif after is not None:
+            lo, hi = getattr(after, "min", None), getattr(after, "max", None)
+            out[d.name] = (lo, hi)
+    return out
+
+
+def first_lines(message: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip() and "TORCH_LOGS" not in ln]
+    return " ".join(lines[:n])
+
+
+def dim_reason(message: str, dim: DynamicDim) -> str:
+    """The lines of torch's message about ``dim``: the guard that specialised it."""
+    lines = [ln.strip(" -") for ln in message.splitlines() if f" {dim.name} " in f" {ln} " or f"{dim.name}_div" in ln]
+    lines = [ln for ln in lines if not ln.startswith(("Suggested", f"{dim.name} ="))]
+    text = lines[0] if lines else first_lines(message, 1)
+    for cut in (" If you're using", ".Specializations", " Specializations"):
+        text = text.split(cut)[0]
+    return text[:400]
+
+
+def eager_failure(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[str, str | None] | None:
+    """Run the model eagerly; (first line of the error, user's file:line) if it fails."""
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as exc:  # any failure of the user's model is the answer we want
+        return describe_failure(exc)
+    return None

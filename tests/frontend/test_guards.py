@@ -1,0 +1,70 @@
+"""Deferred runtime asserts are checked at every size the artifact claims."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.export import Dim
+
+from fxtrt.errors import ConfigError
+from fxtrt.frontend.guards import check_deferred_asserts
+from fxtrt.settings import DynamicDim
+
+
+class NotMultipleOfThree(torch.nn.Module):
+    def forward(self, x):
+        torch._check(x.shape[1] % 3 != 0)  # only some sizes are valid
+        return x * 2
+
+
+class EvenSplit(torch.nn.Module):
+    def forward(self, x):
+        return x.reshape(x.shape[0], 2, x.shape[1] // 2)
+
+
+def _export(model, h, step=None):
+    dim = Dim("h", min=4 // (step or 1), max=64 // (step or 1))
+    shape = {1: dim if step is None else step * dim}
+    return torch.export.export(model, (torch.randn(2, h),), dynamic_shapes=(shape,), strict=False,
+                               prefer_deferred_runtime_asserts_over_guards=True)
+
+
+def _dim(step=None):
+    return DynamicDim("h", 4, 16, 64, ((0, 1),), 16, step)
+
+
+def test_an_assert_failing_inside_the_range_names_the_first_size():
+    ep = _export(NotMultipleOfThree(), 16)
+    with pytest.raises(ConfigError, match=r"fails at h=6") as info:
+        check_deferred_asserts(ep, [_dim()])
+    # torch records no stack for some deferred asserts; then there is no line, never torch's own
+    assert info.value.source is None or "test_guards.py" in info.value.source
+
+
+def test_a_step_restricts_the_check_to_the_sizes_claimed():
+    ep = _export(EvenSplit(), 16, step=2)
+    check = check_deferred_asserts(ep, [_dim(step=2)])
+    assert check.exhaustive and check.points >= 0
+    with pytest.raises(ConfigError, match=r"fails at h=5"):
+        check_deferred_asserts(_export(EvenSplit(), 16), [_dim()])
+
+
+def test_asserts_that_hold_everywhere_are_counted_in_a_note():
+    class Positive(torch.nn.Module):
+        def forward(self, x):
+            torch._check(x.shape[1] + 1 > 4)
+            return x + 1
+
+    check = check_deferred_asserts(_export(Positive(), 16), [_dim()])
+    assert check.exhaustive
+    if check.asserts:  # torch may prove it outright; then there is nothing to note
+        assert check.points == 61 and "hold" in check.note()
+
+
+def test_failures_only_at_the_low_end_of_one_dim_raise_its_low():
+    from fxtrt.frontend.guards import _low_end
+
+    assert _low_end([(4,), (5,)], [range(4, 10)]) == (0, 6)
+    assert _low_end([(6,)], [range(4, 10)]) is None, "a hole inside the range is not a low end"
+    both = [(b, t) for b in range(1, 4) for t in (1, 2)]
+    assert _low_end(both, [range(1, 4), range(1, 6)]) == (1, 3)
+    assert _low_end(both[:-1], [range(1, 4), range(1, 6)]) is None
