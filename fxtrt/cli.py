@@ -43,19 +43,21 @@ def parse_batch_dims(text: str | None) -> tuple[int | None, ...] | None:
 
 
 def parse_dynamic(items: Sequence[str]) -> dict[int, dict[int, Any]] | None:
-    """``INPUT:DIM=MIN:OPT:MAX`` or ``INPUT:DIM=NAME:MIN:OPT:MAX``."""
+    """``INPUT:DIM=[NAME:]MIN:OPT:MAX[:STEP]``, e.g. ``0:2=320:640:1280:32`` or ``0:1=seq:1:128:512``."""
     out: dict[int, dict[int, Any]] = {}
+    usage = "expected INPUT:DIM=[NAME:]MIN:OPT:MAX[:STEP], e.g. 0:1=20:1000:2000 or 0:2=320:640:1280:32"
     for item in items:
         where, eq, rng = item.partition("=")
+        parts = rng.split(":")
+        name = [parts.pop(0)] if parts and parts[0].isidentifier() else []
         try:
             i, d = (int(x) for x in where.split(":"))
-            parts = rng.split(":")
-            spec: Any = tuple(int(x) for x in parts) if len(parts) == 3 else (parts[0], *(int(x) for x in parts[1:]))
+            numbers = tuple(int(x) for x in parts)
         except ValueError:
-            raise ConfigError(f"--dynamic {item!r}: expected INPUT:DIM=MIN:OPT:MAX, e.g. 0:1=20:1000:2000") from None
-        if not eq or len(spec) not in (3, 4):
-            raise ConfigError(f"--dynamic {item!r}: expected INPUT:DIM=MIN:OPT:MAX")
-        out.setdefault(i, {})[d] = spec
+            raise ConfigError(f"--dynamic {item!r}: {usage}") from None
+        if not eq or len(numbers) not in (3, 4):
+            raise ConfigError(f"--dynamic {item!r}: {usage}")
+        out.setdefault(i, {})[d] = (*name, *numbers)
     return out or None
 
 
@@ -70,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs")
     c.add_argument("--batch", default="1:8:32", help="MIN:OPT:MAX batch sizes to serve, or 'none' (default 1:8:32)")
     c.add_argument("--batch-dims", help="per input, the batch dim or 'none', e.g. 1,1 (default 0 for all)")
-    c.add_argument("--dynamic", action="append", default=[], metavar="I:D=MIN:OPT:MAX",
-                   help="another dynamic dim, e.g. 0:1=20:1000:2000 (repeatable)")
+    c.add_argument("--dynamic", action="append", default=[], metavar="I:D=[NAME:]MIN:OPT:MAX[:STEP]",
+                   help="another dynamic dim, e.g. 0:1=20:1000:2000, or 0:2=320:640:1280:32 for multiples "
+                        "of 32 (repeatable; the same range on several dims is one symbol, e.g. H = W)")
     c.add_argument("--out", help="artifact directory (default: a new temporary directory)")
     c.add_argument("--opset", type=int, default=17)
     c.add_argument("--atol", type=float, default=1e-4)

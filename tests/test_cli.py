@@ -69,3 +69,30 @@ def test_bad_buckets_exit_2(capsys):
     assert info.value.code == 2 and "--buckets" in capsys.readouterr().err
     args = build_parser().parse_args(["compile", "x:y", "--input", "1x8", "--buckets", "1,4,8"])
     assert args.buckets == (1, 4, 8) and args.target == "onnx" and args.precision == "fp32"
+
+
+def test_dynamic_specs_with_names_and_steps():
+    import pytest
+
+    from fxtrt.cli import parse_dynamic
+    from fxtrt.errors import ConfigError
+
+    assert parse_dynamic(["0:2=320:640:1280:32", "0:3=320:640:1280:32"]) == {
+        0: {2: (320, 640, 1280, 32), 3: (320, 640, 1280, 32)}}
+    assert parse_dynamic(["1:1=seq:1:128:512"]) == {1: {1: ("seq", 1, 128, 512)}}
+    assert parse_dynamic(["0:2=h:320:640:1280:32"]) == {0: {2: ("h", 320, 640, 1280, 32)}}
+    for bad in ["0:2=320:640", "0=1:2:3", "0:2=1:2:3:4:5", "0:2"]:
+        with pytest.raises(ConfigError, match="INPUT:DIM"):
+            parse_dynamic([bad])
+
+
+def test_a_stepped_dim_from_the_command_line(tmp_path):
+    out = tmp_path / "out"
+    proc = fxtrt("compile", "torchvision:resnet18", "--input", "1x3x64x64", "--batch", "1:2:3",
+                 "--dynamic", "0:2=64:64:128:32", "--dynamic", "0:3=64:64:128:32", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    (dim,) = [d for d in report["settings"]["dims"] if d["name"] != "batch"]
+    assert dim["step"] == 32 and dim["sites"] == [[0, 2], [0, 3]]
+    sizes = {r["sizes"][dim["name"]] for r in report["verification"]}
+    assert sizes <= {64, 96, 128} and {64, 128} <= sizes, "verified on the grid only"
