@@ -8,8 +8,13 @@ largest size of the extra dim. The heavy configurations (resnet50 64..192, raft_
 """
 from __future__ import annotations
 
-import pytest
+import inspect
 
+import onnx
+import pytest
+import torch
+
+import fxtrt
 from benchmarks import packaged
 
 QUICK = [c for c in packaged.CASES if packaged.quick_config(c) is not None]
@@ -36,3 +41,35 @@ def test_packaged_model_matches_eager_at_every_checked_size(case, tmp_path):
     assert set(row["dims"].values()) == {"symbolic from capture"}, "one capture, no trace diffing"
     assert row["one_capture"], "emitted as captured: no second torch.export of the rewritten graph"
     assert {c["batch"] for c in row["checks"]} >= {1, 3}
+
+
+class PairEncoder(torch.nn.Module):
+    """raft_small's pattern (its full run takes ~75 s: benchmarks.packaged): both images through
+    one encoder as one batch of 2B, chunked back. torch.export specialises the batch on the chunk,
+    and keeps the two inputs' batch as two symbols joined by an assert."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, a, b):
+        f1, f2 = self.enc(torch.cat([a, b], dim=0)).chunk(2, dim=0)  # CHUNK
+        return (f1 * f2).sum(1)
+
+
+def test_raft_pattern_is_generalised_by_trace_diff_and_named_once(tmp_path):
+    model = PairEncoder().eval()
+    x = torch.randn(1, 3, 8, 8)
+    compiled = fxtrt.compile(model, (x, x.clone()), batch=(1, 4, 8), out_dir=tmp_path / "out")
+    dim = compiled.report.stages["capture"]["dims"]["batch"]
+    assert dim["how"] == "generalised by trace diff"
+    assert dim["nodes"][0]["source"].endswith(f"test_packaged.py:{_line('CHUNK')}")
+    graph = onnx.load(str(compiled.onnx_path)).graph
+    assert [i.type.tensor_type.shape.dim[0].dim_param for i in graph.input] == ["batch", "batch"]
+    a, b = torch.randn(5, 3, 8, 8), torch.randn(5, 3, 8, 8)
+    torch.testing.assert_close(torch.as_tensor(compiled(a, b)), model(a, b).detach(), atol=1e-4, rtol=1e-3)
+
+
+def _line(tag: str) -> int:
+    lines, start = inspect.getsourcelines(PairEncoder)
+    return start + next(i for i, t in enumerate(lines) if f"# {tag}" in t)

@@ -205,14 +205,14 @@ def _name_dims(model: onnx.ModelProto, dims: Sequence[DynamicDim], input_names: 
     whole: dict[str, str] = {}
     symbols: dict[str, str] = {}
     for d in dims:
-        i, axis = d.sites[0]
-        dim = inputs[input_names[i]].type.tensor_type.shape.dim[axis]
-        if not dim.HasField("dim_param"):
-            raise EmitError(f"dim {axis} of input {input_names[i]!r} ({d.name}) came out static in the ONNX model")
-        found = _SYMBOL.findall(dim.dim_param)
-        whole[dim.dim_param] = d.name
-        if len(found) == 1:
-            symbols[found[0]] = d.name if dim.dim_param == found[0] else f"({d.name}/{d.step or 1})"
+        for i, axis in d.sites:  # every site: torch may give sites declared equal their own symbols
+            dim = inputs[input_names[i]].type.tensor_type.shape.dim[axis]
+            if not dim.HasField("dim_param"):
+                raise EmitError(f"dim {axis} of input {input_names[i]!r} ({d.name}) came out static in the ONNX model")
+            found = _SYMBOL.findall(dim.dim_param)
+            whole[dim.dim_param] = d.name
+            if len(found) == 1:
+                symbols[found[0]] = d.name if dim.dim_param == found[0] else f"({d.name}/{d.step or 1})"
     for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.HasField("dim_param"):

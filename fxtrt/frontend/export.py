@@ -77,7 +77,8 @@ def export_once(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec: 
         return ep
     except Exception as exc:  # torch.export raises many unrelated types
         text = str(exc)
-        if spec is not None and "Suggested fixes" in text and "Constraints violated" in text:
+        if spec is not None and "Suggested fixes" in text and (
+                "Constraints violated" in text or "Specializations unexpectedly required" in text):
             raise Violation(text, spec) from exc
         message, source = describe_failure(exc)
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)

@@ -52,21 +52,31 @@ class AssertCheck:
         return text
 
 
-def _symbols(ep: torch.export.ExportedProgram, dims: Sequence[DynamicDim]) -> dict[sympy.Symbol, tuple[DynamicDim, int]]:
-    """Each dim's symbol, and the factor its input size is of it (``step`` for ``32*s6``)."""
+def _symbols(ep: torch.export.ExportedProgram, dims: Sequence[DynamicDim]
+             ) -> tuple[dict[sympy.Symbol, tuple[DynamicDim, int]], dict[sympy.Symbol, sympy.Expr]]:
+    """Each dim's symbol and the factor its input size is of it (``step`` for ``32*s6``), and the
+    symbols of its other sites in terms of the first: the user declared them one size, and torch
+    may keep them apart with an equality assert (an input pair concatenated, then chunked)."""
     user = set(ep.graph_signature.user_inputs)
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
     out: dict[sympy.Symbol, tuple[DynamicDim, int]] = {}
+    alias: dict[sympy.Symbol, sympy.Expr] = {}
     for d in dims:
-        i, axis = d.sites[0]
-        size = placeholders[i].meta["val"].shape[axis]
-        if not isinstance(size, torch.SymInt):
-            continue
-        expr = size.node.expr
-        coeff, rest = expr.as_coeff_Mul() if isinstance(expr, sympy.Mul) else (1, expr)
-        if isinstance(rest, sympy.Symbol):
-            out[rest] = (d, int(coeff))
-    return out
+        first: tuple[sympy.Symbol, int] | None = None
+        for i, axis in d.sites:
+            size = placeholders[i].meta["val"].shape[axis]
+            if not isinstance(size, torch.SymInt):
+                continue
+            expr = size.node.expr
+            coeff, rest = expr.as_coeff_Mul() if isinstance(expr, sympy.Mul) else (1, expr)
+            if not isinstance(rest, sympy.Symbol):
+                continue
+            if first is None:
+                first = (rest, int(coeff))
+                out[rest] = (d, int(coeff))
+            elif rest != first[0]:
+                alias[rest] = first[0] * first[1] / int(coeff)
+    return out, alias
 
 
 def _values(d: DynamicDim, factor: int) -> range:
@@ -82,15 +92,15 @@ def check_deferred_asserts(ep: torch.export.ExportedProgram, dims: Sequence[Dyna
     if fake is None or fake.fake_mode.shape_env is None:
         return AssertCheck(0, 0, True, 0)
     shape_env = fake.fake_mode.shape_env
-    symbols = _symbols(ep, dims)
+    symbols, alias = _symbols(ep, dims)
     asserts = [ra for ras in shape_env.deferred_runtime_asserts.values() for ra in ras]
     checked = skipped = points = 0
     exhaustive = True
     lows: dict[str, int] = {}
     seen: set[str] = set()
     for ra in asserts:
-        expr = shape_env.simplify(ra.expr)
-        if expr is sympy.true or str(expr) in seen:
+        expr = shape_env.simplify(ra.expr.xreplace(alias))
+        if expr in (sympy.true, True) or str(expr) in seen:
             continue
         seen.add(str(expr))
         free = sorted(expr.free_symbols, key=str)
