@@ -72,3 +72,14 @@ def test_cli_explain_text_and_json():
     as_json = subprocess.run(args + ["--json"], capture_output=True, text=True, timeout=300)
     data = json.loads(as_json.stdout)
     assert {e["kind"] for e in data["entries"]} == {"baked-size", "shape-chain", "bool", "float64", "value-dependent"}
+
+
+def test_explain_says_how_each_dim_was_captured():
+    result = fxtrt.explain(sm.IntSizeView(), torch.randn(1, 3, 16, 16), batch=(1, 8, 32))
+    (dim,) = result.dims
+    assert dim["how"] == "generalised by trace diff" and dim["trace_sizes"]
+    assert "generalised by trace diff" in result.to_text()
+    clean = fxtrt.explain(torch.nn.Conv2d(3, 4, 3, stride=2), torch.randn(1, 3, 16, 16),
+                          dynamic={0: {2: (8, 16, 32), 3: (8, 16, 32)}})
+    assert {d["how"] for d in clean.dims} == {"symbolic from capture"}
+    assert "symbolic from capture" in clean.to_text()
