@@ -1,15 +1,22 @@
 """The exporters under comparison, as a small registry of callables.
 
 Each exporter is ``export(model, example_inputs, spec, path) -> ExportResult``
-and writes one ONNX file whose batch dimension is meant to be dynamic.  The
-two baselines follow the seed's recipe to the letter (torchpipe's
-``onnx_export``), differing only in ``dynamo=``:
+and writes one ONNX file whose batch dimension (and, for the ``dyn`` family,
+other named dims) is meant to be dynamic.  The two baselines follow the
+seed's recipe to the letter (torchpipe's ``onnx_export``), differing only in
+``dynamo=``:
 
     torch.onnx.export(model, x, path, opset_version=17, do_constant_folding=True,
                       input_names=[...], output_names=[...], dynamic_axes={...})
     model = onnx.shape_inference.infer_shapes(onnx.load(path))
     model, _ = onnxsim.simplify(model, check_n=0)
     onnx.save(model, path)
+
+The recipe's ``dynamic_axes`` name every dynamic dim (``batch_size``, plus
+``size``, ``seq``, ... for the ``dyn`` family); they carry no ranges, which
+is all the recipe can say (``dynamo=True`` turns each name into
+``torch.export.Dim.DYNAMIC``).  fxtrt gets the same dims with their ranges,
+since its ``dynamic=`` argument requires them.
 
 fxtrt is timed with ``verify=False``: the baselines do not verify either, and
 the harness runs the same independent eager comparison on every exporter's
@@ -20,12 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+
+from benchmarks.model_spec import DynamicDim
+
+BATCH_AXIS = "batch_size"
 
 
 @dataclass(frozen=True)
@@ -42,16 +53,32 @@ class ExportSpec:
     output_batch_dims: tuple[int | None, ...]
     opset: int = 17
     batch_profile: tuple[int, int, int] = (1, 8, 32)
+    dynamic: Mapping[int, Mapping[int, DynamicDim]] = field(default_factory=dict, hash=False)
+    output_dynamic: tuple[Mapping[int, str], ...] = ()
 
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(f"output_{i}" for i in range(len(self.output_batch_dims)))
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """The seed's ``dynamic_axes``: one ``"batch_size"`` axis per tensor that has a batch."""
-        names = self.input_names + self.output_names
-        dims = self.batch_dims + self.output_batch_dims
-        return {name: {dim: "batch_size"} for name, dim in zip(names, dims) if dim is not None}
+        """The seed's ``dynamic_axes``: ``"batch_size"`` on every tensor that has a batch, plus the named dims.
+
+        ``dynamic`` names input dims; ``output_dynamic`` names the output dims
+        that change with them (found from eager outputs at several sizes).
+        """
+        axes: dict[str, dict[int, str]] = {}
+        for i, (name, dim) in enumerate(zip(self.input_names, self.batch_dims)):
+            axes[name] = ({} if dim is None else {dim: BATCH_AXIS}) | {
+                d: dyn.name for d, dyn in sorted(self.dynamic.get(i, {}).items())}
+        for j, (name, dim) in enumerate(zip(self.output_names, self.output_batch_dims)):
+            named = self.output_dynamic[j] if j < len(self.output_dynamic) else {}
+            axes[name] = ({} if dim is None else {dim: BATCH_AXIS}) | dict(sorted(named.items()))
+        return {name: dims for name, dims in axes.items() if dims}
+
+    def fxtrt_dynamic(self) -> dict[int, dict[int, tuple[Any, ...]]] | None:
+        """fxtrt's ``dynamic=``: ``{input: {dim: (name, min, opt, max[, step])}}``, None for batch-only."""
+        out = {i: {d: (dyn.name, *dyn.range) for d, dyn in per_dim.items()} for i, per_dim in self.dynamic.items()}
+        return out or None
 
 
 @dataclass(frozen=True)
@@ -87,7 +114,7 @@ class Exporter:
 def export_fxtrt(
     model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], spec: ExportSpec, path: Path
 ) -> ExportResult:
-    """``fxtrt.compile`` with the same batch dims the baselines get, without its own verification."""
+    """``fxtrt.compile`` with the same dynamic dims the baselines get, without its own verification."""
     import fxtrt
 
     compiled = fxtrt.compile(
@@ -95,6 +122,7 @@ def export_fxtrt(
         example_inputs,
         batch=spec.batch_profile,
         batch_dims=list(spec.batch_dims),
+        dynamic=spec.fxtrt_dynamic(),
         out_dir=path.parent,
         opset=spec.opset,
         verify=False,

@@ -3,7 +3,9 @@
     python -m benchmarks.fidelity [--quick] [--models PATTERN] [--exporters NAMES] [--out DIR]
 
 Every corpus model is exported from a batch-1 example by each exporter, then
-run on ONNX Runtime at batch 1, 3, 8 and 32 and compared with eager PyTorch.
+run on ONNX Runtime at batch 1, 3, 8 and 32 and compared with eager PyTorch;
+the dyn family's models, dynamic in image size, sequence or audio length as
+well, are judged at batch 1, 3, 8 times several sizes of each such dim.
 Results go to ``benchmarks/results/<date>/`` (or ``--out``): results.json,
 results.csv, results.md and fidelity.png.  See benchmarks/README.md.
 """
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import importlib.metadata
 import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +37,7 @@ from benchmarks.runner import ProgressEvent, RunResults, run_corpus
 from benchmarks.worker import JobSettings
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
+REPO_ROOT = RESULTS_ROOT.parents[1]
 QUICK_LATENCY = LatencySettings(min_runs=3, max_runs=5, budget_s=0.5)
 FULL_LATENCY = LatencySettings()
 _VERSIONED = ("torch", "torchvision", "timm", "transformers", "onnx", "onnxruntime", "onnxsim", "onnxscript", "fxtrt")
@@ -59,6 +64,37 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _git_state() -> dict[str, Any]:
+    """The commit, and a hash of the uncommitted changes under fxtrt/ ("" if none, None if git failed).
+
+    Each job imports fxtrt afresh, so a tree edited during the run shows up as a
+    different hash in ``git_at_finish``.
+    """
+
+    def git(*cmd: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit, diff = git("rev-parse", "HEAD"), git("diff", "HEAD", "--", "fxtrt")
+    untracked = (git("ls-files", "--others", "--exclude-standard", "--", "fxtrt") or "").split()
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update((diff or "").encode())
+    for name in untracked:
+        digest.update(name.encode())
+        try:
+            digest.update((REPO_ROOT / name).read_bytes())
+        except OSError:  # removed since git listed it
+            pass
+    changed = bool(diff or untracked)
+    return {
+        "commit": commit.strip() if commit else None,
+        "fxtrt_uncommitted": None if diff is None else (digest.hexdigest() if changed else ""),
+    }
+
+
 def _meta(args: argparse.Namespace, settings: JobSettings, exporters: Sequence[Any], specs: Sequence[Any]) -> dict[str, Any]:
     return {
         "date": dt.date.today().isoformat(),
@@ -69,8 +105,13 @@ def _meta(args: argparse.Namespace, settings: JobSettings, exporters: Sequence[A
         "settings": asdict(settings),
         "timeout_s": args.timeout,
         "exporters": [{"name": e.name, "label": e.label} for e in exporters],
-        "models": [{"name": s.name, "family": s.family, "note": s.note} for s in specs],
+        "models": [
+            {"name": s.name, "family": s.family, "note": s.note}
+            | ({"shapes": s.shapes_text(settings.batches, settings.batch_profile)} if s.has_own_shapes else {})
+            for s in specs
+        ],
         "versions": {p: _version(p) for p in _VERSIONED},
+        "git": _git_state(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
 
@@ -110,16 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as exc:
         print(exc.args[0], file=sys.stderr)
         return 2
+    settings = JobSettings(seed=args.seed, latency=QUICK_LATENCY if args.quick else FULL_LATENCY)
     if args.list:
         for spec in specs:
-            print(f"{spec.name:<40} {spec.note}")
+            shapes = f" [{spec.shapes_text(settings.batches, settings.batch_profile)}]" if spec.has_own_shapes else ""
+            print(f"{spec.name:<40} {spec.note}{shapes}")
         print(f"{len(specs)} of {len(all_specs())} models")
         return 0
     if not specs:
         print(f"no corpus model matches {args.models!r} (try --list)", file=sys.stderr)
         return 2
 
-    settings = JobSettings(seed=args.seed, latency=QUICK_LATENCY if args.quick else FULL_LATENCY)
     out_dir: Path = args.out or RESULTS_ROOT / dt.date.today().isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
     # Outside the repo on purpose: results/ is committed, exported models are not.
@@ -144,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
     meta["wall_s"] = time.perf_counter() - start
     meta["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    meta["git_at_finish"] = _git_state()
     bundle = _bundle(meta, results)
     written = write_results(out_dir, bundle, final=True)
     written.append(write_figure(out_dir / FIGURE_NAME, results.rows, [e.name for e in exporters]))

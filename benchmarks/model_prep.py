@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.model_spec import ModelSpec
+from benchmarks.model_spec import Case, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,13 @@ def prepare_model(spec: ModelSpec, seed: int) -> PreparedModel:
     )
 
 
-def make_inputs(spec: ModelSpec, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """The inputs for one batch size; the same (spec, batch, seed) always gives the same tensors."""
-    gen = torch.Generator().manual_seed(seed * 7919 + batch)
-    inputs = spec.make_inputs(batch, gen)
+def make_inputs(spec: ModelSpec, case: Case, seed: int) -> tuple[torch.Tensor, ...]:
+    """The inputs for one case; the same (spec, case, seed) always gives the same tensors.
+
+    A batch-only case is seeded by its batch size alone, as before dynamic dims existed.
+    """
+    gen = torch.Generator().manual_seed(seed * 7919 + case.batch + 1009 * sum(v for _, v in case.sizes))
+    inputs = spec.make_inputs(case.batch, gen, dict(case.sizes))
     if len(inputs) != len(spec.input_names):
         raise ValueError(f"{spec.name}: make_inputs gave {len(inputs)} tensors for {len(spec.input_names)} inputs")
     return inputs

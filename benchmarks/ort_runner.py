@@ -7,7 +7,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -40,20 +40,42 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def build_feed(
-    session: ort.InferenceSession, arrays: Sequence[np.ndarray], names: Sequence[str] | None
-) -> dict[str, np.ndarray]:
-    """Map graph inputs to arrays: by name when the exporter said which name is which, else by position.
+def input_indices(session: ort.InferenceSession, n_inputs: int, names: Sequence[str] | None) -> dict[str, int]:
+    """Graph input name -> model input index: by name when the exporter said which name is which, else by position.
 
     A graph may drop an input the model never reads; that is fine.  A graph
     input we cannot account for is a FeedError.
     """
     graph_inputs = [i.name for i in session.get_inputs()]
     if names is not None and set(graph_inputs) <= set(names):
-        return {name: arrays[names.index(name)] for name in graph_inputs}
-    if len(graph_inputs) == len(arrays):
-        return dict(zip(graph_inputs, arrays))
+        return {name: list(names).index(name) for name in graph_inputs}
+    if len(graph_inputs) == n_inputs:
+        return {name: i for i, name in enumerate(graph_inputs)}
     raise FeedError(f"graph inputs {graph_inputs} do not match model inputs {list(names or [])}")
+
+
+def build_feed(
+    session: ort.InferenceSession, arrays: Sequence[np.ndarray], names: Sequence[str] | None
+) -> dict[str, np.ndarray]:
+    """Map graph inputs to arrays (see ``input_indices``)."""
+    return {name: arrays[i] for name, i in input_indices(session, len(arrays), names).items()}
+
+
+def fixed_dims(
+    session: ort.InferenceSession, n_inputs: int, names: Sequence[str] | None, dynamic: Mapping[int, Sequence[int]]
+) -> list[str]:
+    """``["input[2]=416", ...]``: dims declared dynamic (model input index -> dims) that the graph fixed to a number."""
+    try:
+        indices = input_indices(session, n_inputs, names)
+    except FeedError:
+        return []
+    fixed = []
+    for graph_input in session.get_inputs():
+        shape = graph_input.shape or []
+        for d in dynamic.get(indices[graph_input.name], ()):
+            if d < len(shape) and isinstance(shape[d], int):
+                fixed.append(f"{graph_input.name}[{d}]={shape[d]}")
+    return fixed
 
 
 def run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -71,8 +71,42 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def outcome_counts(rows: Sequence[dict[str, Any]], exporter: str) -> Counter[str]:
-    return Counter(r.get("outcome", "?") for r in rows if r["exporter"] == exporter)
+def outcome_counts(rows: Sequence[dict[str, Any]], exporter: str, family: str | None = None) -> Counter[str]:
+    """Outcomes of one exporter's cells, over every family or one."""
+    return Counter(
+        r.get("outcome", "?") for r in rows if r["exporter"] == exporter and family in (None, r.get("family"))
+    )
+
+
+def family_summary(results: dict[str, Any]) -> list[str]:
+    """Outcome counts per family and exporter, with each family's wall time (reference and cells)."""
+    rows = results["rows"]
+    exporters = [e["name"] for e in results["meta"]["exporters"]]
+    outcomes = [o.value for o in Outcome]
+    references = results.get("references", {})
+    body = []
+    for family in dict.fromkeys(r.get("family", "?") for r in rows):
+        models = list(dict.fromkeys(r["model"] for r in rows if r.get("family") == family))
+        times = [references.get(m, {}).get("model_s") for m in models]
+        wall = sum(times) if times and None not in times else None  # runs before model_s was recorded have none
+        for exporter in exporters:
+            counts = outcome_counts(rows, exporter, family)
+            body.append([family, str(len(models)), _fmt(wall, ".0f"), exporter,
+                         *(str(counts.get(o, 0)) for o in outcomes)])
+    return ["## Outcomes per family", "", *_table(["family", "models", "wall s", "exporter", *outcomes], body)]
+
+
+def judged_shapes(results: dict[str, Any]) -> list[str]:
+    """The models judged at their own shapes (the dyn family): what was exported and checked."""
+    models = [m for m in results["meta"]["models"] if m.get("shapes")]
+    if not models:
+        return []
+    return [
+        "## Judged shapes (models with their own batch range or dynamic dims)", "",
+        "Every combination of a listed batch size and dim sizes is checked; the export example is batch 1 at each dim's example size.",
+        "",
+        *_table(["model", "exported for and judged at"], [[m["name"], _md_cell(m["shapes"], 200)] for m in models]),
+    ]
 
 
 def ratio_summary(rows: Sequence[dict[str, Any]], exporters: Sequence[str], reference: str = "fxtrt") -> list[str]:
@@ -94,19 +128,40 @@ def ratio_summary(rows: Sequence[dict[str, Any]], exporters: Sequence[str], refe
     return out
 
 
+def _git_line(meta: dict[str, Any]) -> list[str]:
+    """Which fxtrt the run used: the commit, and whether fxtrt/ had uncommitted changes or changed during the run."""
+    start, end = meta.get("git") or {}, meta.get("git_at_finish") or {}
+    if not start.get("commit"):
+        return []
+    text = f"fxtrt at commit `{start['commit'][:10]}`"
+    if start.get("fxtrt_uncommitted"):
+        text += f" with uncommitted changes to fxtrt/ (hash `{start['fxtrt_uncommitted']}`)"
+    if end and (end.get("commit"), end.get("fxtrt_uncommitted")) != (start["commit"], start.get("fxtrt_uncommitted")):
+        text += f"; fxtrt/ changed during the run (at the end: commit `{(end.get('commit') or '?')[:10]}`"
+        text += f", uncommitted hash `{end.get('fxtrt_uncommitted')}`)" if end.get("fxtrt_uncommitted") else ")"
+    return [text + ".", ""]
+
+
 def markdown_text(results: dict[str, Any]) -> str:
     meta = results["meta"]
     rows = results["rows"]
     exporters = [e["name"] for e in meta["exporters"]]
     models = list(dict.fromkeys(r["model"] for r in rows))
     settings = meta["settings"]
+    own_shapes = sum(bool(m.get("shapes")) for m in meta["models"])
+    checked = f"batch sizes checked: {', '.join(map(str, settings['batches']))}"
+    if own_shapes == len(meta["models"]):
+        checked = "shapes checked: each model's own (see Judged shapes)"
+    elif own_shapes:
+        checked += " (models under Judged shapes: their own)"
     lines = [
         f"# fxtrt fidelity benchmark, {meta['date']}",
         "",
-        f"{len(models)} models x {len(exporters)} exporters; batch sizes checked: {', '.join(map(str, settings['batches']))}; "
+        f"{len(models)} models x {len(exporters)} exporters; {checked}; "
         f"tolerance max|onnx-eager| <= {settings['tolerance']['atol']:g} + {settings['tolerance']['rtol']:g}*max|eager|; "
         f"seed {settings['seed']}; {meta['machine']['cpu_count']} CPUs; wall time {_fmt(meta.get('wall_s'), '.0f')} s.",
         "",
+        *_git_line(meta),
         "Exporters:",
         "",
     ]
@@ -115,12 +170,21 @@ def markdown_text(results: dict[str, Any]) -> str:
     outcomes = [o.value for o in Outcome]
     counts = {e: outcome_counts(rows, e) for e in exporters}
     lines += _table(["exporter", *outcomes], [[e, *(str(counts[e].get(o, 0)) for o in outcomes)] for e in exporters])
+    lines += ["", *family_summary(results)]
     lines += ["", *ratio_summary(rows, exporters)]
+    shapes = judged_shapes(results)
+    if shapes:
+        lines += ["", *shapes]
     lines += ["", f"![outcomes and ratios]({FIGURE_NAME})", "", "## Per model", ""]
     by_cell = {(r["model"], r["exporter"]): r for r in rows}
+    references = results.get("references", {})
     lines += _table(
-        ["model", *exporters],
-        [[m, *(by_cell.get((m, e), {}).get("outcome", "–") for e in exporters)] for m in models],
+        ["model", *exporters, "wall s"],
+        [
+            [m, *(by_cell.get((m, e), {}).get("outcome", "–") for e in exporters),
+             _fmt(references.get(m, {}).get("model_s"), ".0f")]
+            for m in models
+        ],
     )
     lines += ["", "## Details", ""]
     lines += _table(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from benchmarks.exporters import Exporter
-from benchmarks.model_spec import ModelSpec
+from benchmarks.model_spec import ModelSpec, case_text
 from benchmarks.outcomes import Outcome
 from benchmarks.worker import CELL_RESULT, LOG_FILE, REFERENCE_META, JobSettings, run_cell, run_reference
 
@@ -96,10 +96,10 @@ def finish_row(row: dict[str, Any], child: ChildExit, timeout_s: float, cell_dir
     if phase == "export":
         row.update(outcome=Outcome.CRASH.value, detail=f"{death} during export")
     elif phase.startswith(("stats", "session", "evaluate")):
-        where = f" at batch {phase.split('@')[1]}" if "@" in phase else f" ({phase})"
-        wrong = next((b for b, v in (row.get("batches") or {}).items() if v["status"] == "wrong"), None)
+        where = f" at {case_text(phase.split('@')[1])}" if "@" in phase else f" ({phase})"
+        wrong = next((k for k, v in (row.get("batches") or {}).items() if v["status"] == "wrong"), None)
         if wrong is not None:  # SILENT outranks LOUD
-            row.update(outcome=Outcome.SILENT.value, detail=f"batch {wrong}: {row['batches'][wrong]['detail']}; then {death}{where}")
+            row.update(outcome=Outcome.SILENT.value, detail=f"{case_text(wrong)}: {row['batches'][wrong]['detail']}; then {death}{where}")
         else:
             row.update(outcome=Outcome.LOUD.value, detail=f"{death} while running the ONNX model{where}")
     elif phase.startswith("latency"):
@@ -164,6 +164,7 @@ def run_corpus(
     total = len(specs)
     for index, spec in enumerate(specs, 1):
         on_event(ProgressEvent("model", index, total, spec.name))
+        model_start = time.perf_counter()
         model_dir = work_dir / spec.name.replace("/", "__")
         reference = _run_reference(ctx, spec, settings, model_dir / "reference", timeout_s)
         results.references[spec.name] = reference
@@ -182,5 +183,6 @@ def run_corpus(
                         onnx_file.unlink()
         if not keep_onnx:
             shutil.rmtree(model_dir / "reference", ignore_errors=True)
+        reference["model_s"] = time.perf_counter() - model_start
         on_model_done(results)
     return results

@@ -19,7 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import psutil
@@ -28,8 +28,9 @@ import torch
 from benchmarks.corpus import get_spec
 from benchmarks.exporters import EXPORTERS, ExportResult, ExportSpec
 from benchmarks.model_prep import flatten_outputs, make_inputs, prepare_model
+from benchmarks.model_spec import Case, ModelSpec, case_text
 from benchmarks.onnx_stats import graph_stats
-from benchmarks.ort_runner import LatencySettings, build_feed, make_session, median_latency_ms, run
+from benchmarks.ort_runner import LatencySettings, build_feed, fixed_dims, make_session, median_latency_ms, run
 from benchmarks.outcomes import Outcome, Tolerance, check_output, max_or_none
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class HarnessError(RuntimeError):
 
 @dataclass(frozen=True)
 class JobSettings:
-    """Frozen settings shared by every job of a run."""
+    """Frozen settings shared by every job of a run (a model's spec may narrow the batches and profile)."""
 
     seed: int = 0
     batches: tuple[int, ...] = (1, 3, 8, 32)
@@ -115,7 +116,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _output_batch_dims(shapes: dict[int, list[tuple[int, ...]]]) -> list[int | None]:
+Shapes = list[tuple[int, ...]]
+
+
+def _output_batch_dims(shapes: dict[int, Shapes]) -> list[int | None]:
     """Per output, the dim that scales with the batch size at every batch checked (None if none does)."""
     dims: list[int | None] = []
     for j, base in enumerate(shapes[1]):
@@ -131,8 +135,38 @@ def _output_batch_dims(shapes: dict[int, list[tuple[int, ...]]]) -> list[int | N
     return dims
 
 
+def _output_dynamic_dims(
+    shapes: dict[Case, Shapes], batch_dims: Sequence[int | None]
+) -> list[dict[int, str]]:
+    """Per output, the dims besides the batch that change with the dynamic dims (at batch 1).
+
+    A dim that always equals one dynamic dim's size takes its name (a
+    segmentation map's ``size``); any other is named after the output and
+    dim (``output_0_dim2``), as a derived size such as ``size/32`` would be.
+    """
+    at_batch_1 = {case: s for case, s in shapes.items() if case.batch == 1}
+    out: list[dict[int, str]] = []
+    for j, batch_dim in enumerate(batch_dims):
+        named: dict[int, str] = {}
+        rank = len(next(iter(at_batch_1.values()))[j])
+        for d in range(rank):
+            values = {case: s[j][d] for case, s in at_batch_1.items() if len(s[j]) == rank}
+            if d == batch_dim or len(set(values.values())) < 2:
+                continue
+            same = [n for n, _ in next(iter(values)).sizes if all(dict(c.sizes)[n] == v for c, v in values.items())]
+            named[d] = same[0] if same else f"output_{j}_dim{d}"
+        out.append(named)
+    return out
+
+
+def _reference_cases(spec: ModelSpec, settings: JobSettings) -> tuple[Case, ...]:
+    """The judged cases, plus the export example if it is not one of them."""
+    cases = spec.cases(settings.batches)
+    return cases if spec.example_case in cases else (*cases, spec.example_case)
+
+
 def run_reference(model_name: str, settings: JobSettings, ref_dir: Path) -> None:
-    """Build the model, run eager at every batch size, and save inputs, outputs and metadata."""
+    """Build the model, run eager at every judged case, and save inputs, outputs and metadata."""
     _redirect_output(ref_dir / LOG_FILE)
     meta: dict[str, Any] = {"model": model_name, "ok": False}
     try:
@@ -146,29 +180,37 @@ def run_reference(model_name: str, settings: JobSettings, ref_dir: Path) -> None
             filled_parameters=len(prepared.filled_parameters),
         )
         arrays: dict[str, np.ndarray] = {}
-        shapes: dict[int, list[tuple[int, ...]]] = {}
-        eager_ms: dict[int, float] = {}
+        shapes: dict[Case, Shapes] = {}
+        eager_ms: dict[str, float] = {}
         with torch.inference_mode():
-            for b in settings.batches:
-                inputs = make_inputs(spec, b, settings.seed)
+            for case in _reference_cases(spec, settings):
+                inputs = make_inputs(spec, case, settings.seed)
                 t1 = time.perf_counter()
                 outputs = flatten_outputs(prepared.module(*inputs))
-                eager_ms[b] = (time.perf_counter() - t1) * 1e3
+                eager_ms[case.key] = (time.perf_counter() - t1) * 1e3
                 for i, t in enumerate(inputs):
-                    arrays[f"in_{b}_{i}"] = t.numpy()
+                    arrays[f"in_{case.key}_{i}"] = t.numpy()
                 for j, t in enumerate(outputs):
-                    arrays[f"out_{b}_{j}"] = t.numpy()
-                shapes[b] = [tuple(t.shape) for t in outputs]
-        if not shapes[1]:
+                    arrays[f"out_{case.key}_{j}"] = t.numpy()
+                shapes[case] = [tuple(t.shape) for t in outputs]
+        example = shapes[spec.example_case]
+        if not example:
             raise HarnessError("the model returned no tensors")
+        # The batch dims are read at the first judged sizes, where every judged batch size ran.
+        first_sizes = spec.cases(settings.batches)[0].sizes
+        by_batch = {case.batch: s for case, s in shapes.items() if case.sizes == first_sizes}
+        output_batch_dims = _output_batch_dims(by_batch)
         tmp = ref_dir / ("tmp_" + REFERENCE_ARRAYS)
         np.savez(tmp, **arrays)
         os.replace(tmp, ref_dir / REFERENCE_ARRAYS)
         meta.update(
             ok=True,
-            n_outputs=len(shapes[1]),
-            output_shapes_b1=shapes[1],
-            output_batch_dims=_output_batch_dims(shapes),
+            n_outputs=len(example),
+            output_shapes_b1=example,
+            output_batch_dims=output_batch_dims,
+            output_dynamic=_output_dynamic_dims(shapes, output_batch_dims) if spec.dims else [],
+            example=spec.example_case.key,
+            cases=[case.key for case in spec.cases(settings.batches)],
             eager_ms=eager_ms,
         )
     except Exception as exc:  # noqa: BLE001 - any failure to build or run eager skips the model
@@ -210,6 +252,7 @@ class _Cell:
         self.row: dict[str, Any] = {"model": model_name, "exporter": exporter_name}
         self._phase_start = time.perf_counter()
         self.n_inputs = len(self.spec.input_names)
+        self.cases = self.spec.cases(settings.batches)
 
     def checkpoint(self, phase: str) -> None:
         """Record that ``phase`` starts (and how long the previous one took), on disk."""
@@ -243,21 +286,37 @@ class _Cell:
             self.row.update(outcome=Outcome.LOUD.value, detail=f"ORT could not load the model: {_error_text(exc)}")
             return
         feeds = _Feeds(session, arrays, self.n_inputs, result.input_names)
+        self._note_fixed_dims(session, result)
         self._evaluate(feeds, arrays, meta["n_outputs"])
         self._time_latency(session, feeds)
+
+    def _dynamic_sites(self) -> dict[int, list[int]]:
+        """Per input index, the dims the exporters were told are dynamic (batch first)."""
+        sites = {i: [d] for i, d in enumerate(self.spec.batch_dims) if d is not None}
+        for i, per_dim in self.spec.dynamic.items():
+            sites.setdefault(i, []).extend(sorted(per_dim))
+        return sites
+
+    def _note_fixed_dims(self, session: Any, result: ExportResult) -> None:
+        """Record the input dims the file fixed although they were declared dynamic (a static export)."""
+        fixed = fixed_dims(session, self.n_inputs, result.input_names, self._dynamic_sites())
+        if fixed:
+            self.row["fixed_dims"] = fixed
 
     def _export(self, meta: dict[str, Any], arrays: Any) -> ExportResult | None:
         """Build the model as the reference did and export it; None (outcome set) if the exporter raised."""
         prepared = prepare_model(self.spec, self.settings.seed)
         if prepared.fingerprint != meta["fingerprint"]:
             raise HarnessError("weights differ from the reference process's: the model build is not deterministic")
-        example = tuple(torch.from_numpy(arrays[f"in_1_{i}"]) for i in range(self.n_inputs))
+        example = tuple(torch.from_numpy(arrays[f"in_{meta['example']}_{i}"]) for i in range(self.n_inputs))
         export_spec = ExportSpec(
             input_names=_seed_input_names(self.spec.input_names),
             batch_dims=self.spec.batch_dims,
             output_batch_dims=tuple(meta["output_batch_dims"]),
             opset=self.settings.opset,
-            batch_profile=self.settings.batch_profile,
+            batch_profile=self.spec.batch_range or self.settings.batch_profile,
+            dynamic=self.spec.dynamic,
+            output_dynamic=tuple({int(d): n for d, n in dims.items()} for dims in meta["output_dynamic"]),
         )
         self.checkpoint("export")
         peak_is_exact = _reset_peak_rss()
@@ -281,23 +340,27 @@ class _Cell:
         return result
 
     def _evaluate(self, feeds: "_Feeds", arrays: Any, n_outputs: int) -> None:
-        """Run every batch size; set outcome, detail, per-batch status and the max errors."""
+        """Run every judged case; set outcome, detail, per-case status and the max errors.
+
+        ``row["batches"]`` is keyed by case (``"3"``, or ``"3,size=96"`` with dynamic dims).
+        """
         batches: dict[str, dict[str, Any]] = {}
         self.row["batches"] = batches
-        for b in self.settings.batches:
-            self.checkpoint(f"evaluate@{b}")
-            want = [arrays[f"out_{b}_{j}"] for j in range(n_outputs)]
+        for case in self.cases:
+            key = case.key
+            self.checkpoint(f"evaluate@{key}")
+            want = [arrays[f"out_{key}_{j}"] for j in range(n_outputs)]
             try:
-                got = run(feeds.session, feeds.for_batch(b))
+                got = run(feeds.session, feeds.for_case(key))
             except Exception as exc:  # noqa: BLE001 - an error at run time is the LOUD outcome
-                batches[str(b)] = {"status": "raised", "detail": _error_text(exc, 300)}
+                batches[key] = {"status": "raised", "detail": _error_text(exc, 300)}
                 continue
             if len(got) != len(want):
-                batches[str(b)] = {"status": "wrong", "detail": f"{len(got)} outputs, eager has {len(want)}"}
+                batches[key] = {"status": "wrong", "detail": f"{len(got)} outputs, eager has {len(want)}"}
                 continue
             checks = [check_output(g, w, self.settings.tolerance) for g, w in zip(got, want)]
             bad = [f"output {j}: {c.reason}" for j, c in enumerate(checks) if not c.ok]
-            batches[str(b)] = {
+            batches[key] = {
                 "status": "wrong" if bad else "ok",
                 "detail": "; ".join(bad),
                 "max_abs_err": max_or_none([c.max_abs_err for c in checks]),
@@ -307,26 +370,34 @@ class _Cell:
             max_abs_err=max_or_none([v.get("max_abs_err") for v in batches.values()]),
             max_rel_err=max_or_none([v.get("max_rel_err") for v in batches.values()]),
         )
+        fixed = self.row.get("fixed_dims")
+        prefix = f"the file fixes dims declared dynamic ({', '.join(fixed)}); " if fixed else ""
         for status, outcome in (("wrong", Outcome.SILENT), ("raised", Outcome.LOUD)):
-            first = next((b for b, v in batches.items() if v["status"] == status), None)
+            first = next((k for k, v in batches.items() if v["status"] == status), None)
             if first is not None:
-                self.row.update(outcome=outcome.value, detail=f"batch {first}: {batches[first]['detail']}")
+                self.row.update(outcome=outcome.value, detail=f"{prefix}{case_text(first)}: {batches[first]['detail']}")
                 return
         self.row.update(outcome=Outcome.PASS.value, detail="")
+
+    def _latency_case(self, batch: int) -> Case | None:
+        """The judged case timed at ``batch``: the one with the largest dynamic sizes."""
+        at_batch = [c for c in self.cases if c.batch == batch]
+        return max(at_batch, key=lambda c: [v for _, v in c.sizes]) if at_batch else None
 
     def _time_latency(self, session: Any, feeds: "_Feeds") -> None:
         """Median ORT latency at each latency batch size that ran (right or wrong) without raising."""
         for b in self.settings.latency_batches:
-            key = f"ort_ms_b{b}"
-            self.row[key] = None
-            if self.row["batches"].get(str(b), {}).get("status") not in ("ok", "wrong"):
+            column = f"ort_ms_b{b}"
+            self.row[column] = None
+            case = self._latency_case(b)
+            if case is None or self.row["batches"].get(case.key, {}).get("status") not in ("ok", "wrong"):
                 continue
-            self.checkpoint(f"latency@{b}")
-            self.row[key] = median_latency_ms(session, feeds.for_batch(b), self.settings.latency)
+            self.checkpoint(f"latency@{case.key}")
+            self.row[column] = median_latency_ms(session, feeds.for_case(case.key), self.settings.latency)
 
 
 class _Feeds:
-    """ORT feeds for each batch size, from the saved reference inputs."""
+    """ORT feeds for each judged case, from the saved reference inputs."""
 
     def __init__(self, session: Any, arrays: Any, n_inputs: int, names: tuple[str, ...] | None) -> None:
         self.session = session
@@ -334,6 +405,6 @@ class _Feeds:
         self.n_inputs = n_inputs
         self.names = names
 
-    def for_batch(self, batch: int) -> dict[str, np.ndarray]:
-        inputs = [self.arrays[f"in_{batch}_{i}"] for i in range(self.n_inputs)]
+    def for_case(self, key: str) -> dict[str, np.ndarray]:
+        inputs = [self.arrays[f"in_{key}_{i}"] for i in range(self.n_inputs)]
         return build_feed(self.session, inputs, self.names)

@@ -29,7 +29,8 @@ from fxtrt.errors import PassError
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.frontend.inputs import inputs_at, verification_sizes
 from fxtrt.frontend.source import source_of
-from fxtrt.passes.infra import PassResult, call_text, fmt, node_values
+from fxtrt.graph import node_values
+from fxtrt.passes.infra import PassResult, call_text, fmt
 from fxtrt.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -6,14 +6,22 @@ cleanup, time per stage, and notes (eval mode, LayerNorm at low opset, skipped s
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from fxtrt.backend.verify import VerifyRow, format_rows
 from fxtrt.frontend.capture import TRACE_DIFF, CapturedGraph
 from fxtrt.passes.infra import PassRecord
+
+if TYPE_CHECKING:
+    from fxtrt.artifacts.base import Artifact
+
+log = logging.getLogger("fxtrt")
 
 
 @dataclass
@@ -29,6 +37,30 @@ class Report:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     io: dict[str, list[Any]] = field(default_factory=dict)
+
+    def add(self, artifact: "Artifact") -> None:
+        """What an artifact adds: its ``stages`` entries and its notes."""
+        for name, entry in artifact.record().items():
+            self.stages.setdefault(name, {}).update(entry)
+        self.note(artifact.notes)
+
+    def note(self, notes: Iterable[str]) -> None:
+        """Add each note once."""
+        self.notes += [n for n in notes if n not in self.notes]
+
+    @contextmanager
+    def timed(self, name: str, step: int, total: int, label: str = "") -> Iterator[None]:
+        """Log progress and add the time to ``timings[name]`` (summed over bucket models)."""
+        what = f"{name} ({label})" if label else name
+        log.info("[%d/%d] %s ...", step, total, what)
+        start = time.perf_counter()
+        elapsed = 0.0
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.timings[name] = self.timings.get(name, 0.0) + elapsed
+        log.info("[%d/%d] %s done in %.1fs", step, total, what, elapsed)
 
     @property
     def verified(self) -> bool:

@@ -2,7 +2,8 @@
 
 The quick set (at most 8 small models, about 2 minutes on 2 cores) includes a dynamic
 ``view(x.size(0), -1)`` and patterns that bake the batch in with ``int(x.size(0))``, which at
-least one torch.onnx baseline must get wrong. Two fast unit tests pin down how a cell is judged.
+least one torch.onnx baseline must get wrong. Fast unit tests pin down how a cell is judged, and
+what a model with dynamic dims besides the batch (the dyn family) is judged at and tells the exporters.
 """
 
 import csv
@@ -108,3 +109,21 @@ def test_outputs_are_compared_by_shape_then_scaled_error():
     assert not check_output(want + 0.5, want, Tolerance()).ok
     assert "shape" in check_output(want[:1], want, Tolerance()).reason
     assert not check_output(np.array([True, False]), np.array([True, True]), Tolerance()).ok
+
+
+def test_a_dyn_model_is_judged_at_every_batch_and_size_and_every_exporter_is_told_its_dims():
+    from benchmarks.corpus import get_spec
+    from benchmarks.exporters import ExportSpec
+    from benchmarks.model_prep import make_inputs
+
+    spec = get_spec("dyn/bert")
+    assert not any(m.startswith("dyn/") for m in MODELS), "dyn models stay out of the quick set"
+    cases = spec.cases((1, 3, 8, 32))
+    assert {(c.batch, dict(c.sizes)["seq"]) for c in cases} == {(b, s) for b in (1, 3, 8) for s in (4, 23, 64)}
+    assert spec.example_case.key == "1,seq=16", "the export example is batch 1 at the dim's opt, not a judged size"
+    ids, mask = make_inputs(spec, cases[-1], seed=0)
+    assert ids.shape == mask.shape == (8, 64)
+    export = ExportSpec(spec.input_names, spec.batch_dims, (0,), dynamic=spec.dynamic, output_dynamic=({1: "seq"},))
+    both = {0: "batch_size", 1: "seq"}
+    assert export.dynamic_axes() == {"input_ids": both, "attention_mask": both, "output_0": both}
+    assert export.fxtrt_dynamic() == {0: {1: ("seq", 4, 16, 64)}, 1: {1: ("seq", 4, 16, 64)}}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fxtrt
-from fxtrt.backend.engines import plan_for
+from fxtrt.artifacts.engine_set import plan_for
 from fxtrt.backend.tensorrt import default_split_values, parse_build_script, polygraphy_loaders, tensorrt_status
 from tests import seed_models as sm
 

@@ -1,6 +1,7 @@
 """The fidelity corpus: every model the benchmark exports, by name.
 
-Names are ``family/model`` (``tv/``, ``timm/``, ``hf/``, ``seed/``).  Listing
+Names are ``family/model`` (``seed/``, ``tv/``, ``timm/``, ``hf/``, and
+``dyn/`` for models with dynamic dims besides the batch).  Listing
 the corpus imports only torch; each model's library is imported when it is
 built.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from benchmarks.corpus import seed_patterns, timm_models, torchvision_models, transformers_models
+from benchmarks.corpus import dynamic_models, seed_patterns, timm_models, torchvision_models, transformers_models
 from benchmarks.model_spec import ModelSpec
 
 QUICK_LIMIT = 8
@@ -17,7 +18,10 @@ QUICK_LIMIT = 8
 
 def all_specs() -> tuple[ModelSpec, ...]:
     """Every corpus entry, in run order: seed patterns first, since they are the fastest."""
-    specs = seed_patterns.SPECS + torchvision_models.SPECS + timm_models.SPECS + transformers_models.SPECS
+    specs = (
+        seed_patterns.SPECS + torchvision_models.SPECS + timm_models.SPECS + transformers_models.SPECS
+        + dynamic_models.SPECS
+    )
     names = [s.name for s in specs]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:

@@ -57,7 +57,9 @@ class SingleInputModel(nn.Module):
         return self.model(**{self.arg: x})[self.key]
 
 
-def _text(model_cls: str, config_cls: str, key: str = "last_hidden_state", **config: Any) -> Callable[[], nn.Module]:
+def text_model(model_cls: str, config_cls: str, key: str = "last_hidden_state", **config: Any) -> Callable[[], nn.Module]:
+    """A builder of ``transformers.<model_cls>(<config_cls>(**config))`` taking ``(input_ids, attention_mask)``."""
+
     def build() -> nn.Module:
         import transformers
 
@@ -68,23 +70,23 @@ def _text(model_cls: str, config_cls: str, key: str = "last_hidden_state", **con
 
 
 def _bert() -> Callable[[], nn.Module]:
-    return _text("BertModel", "BertConfig", vocab_size=VOCAB, **TINY)
+    return text_model("BertModel", "BertConfig", vocab_size=VOCAB, **TINY)
 
 
 def _distilbert() -> Callable[[], nn.Module]:
-    return _text("DistilBertModel", "DistilBertConfig", vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=128)
+    return text_model("DistilBertModel", "DistilBertConfig", vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=128)
 
 
 def _roberta() -> Callable[[], nn.Module]:
-    return _text("RobertaModel", "RobertaConfig", vocab_size=VOCAB, max_position_embeddings=64, **TINY)
+    return text_model("RobertaModel", "RobertaConfig", vocab_size=VOCAB, max_position_embeddings=64, **TINY)
 
 
 def _albert() -> Callable[[], nn.Module]:
-    return _text("AlbertModel", "AlbertConfig", vocab_size=VOCAB, embedding_size=32, **TINY)
+    return text_model("AlbertModel", "AlbertConfig", vocab_size=VOCAB, embedding_size=32, **TINY)
 
 
 def _gpt2() -> Callable[[], nn.Module]:
-    return _text(
+    return text_model(
         "GPT2LMHeadModel", "GPT2Config", key="logits",
         vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=4, use_cache=False,
         bos_token_id=0, eos_token_id=2,
@@ -92,14 +94,14 @@ def _gpt2() -> Callable[[], nn.Module]:
 
 
 def _llama() -> Callable[[], nn.Module]:
-    return _text(
+    return text_model(
         "LlamaModel", "LlamaConfig",
         vocab_size=VOCAB, num_key_value_heads=2, max_position_embeddings=64, use_cache=False, **TINY,
     )
 
 
 def _t5_encoder() -> Callable[[], nn.Module]:
-    return _text(
+    return text_model(
         "T5EncoderModel", "T5Config",
         vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, use_cache=False,
     )
@@ -115,14 +117,16 @@ def _vit() -> Callable[[], nn.Module]:
     return build
 
 
-def _wav2vec2() -> Callable[[], nn.Module]:
+def wav2vec2_model(**config: Any) -> Callable[[], nn.Module]:
+    """A builder of a small ``Wav2Vec2Model`` (3 conv layers, stable layer norm); ``config`` overrides ``TINY``."""
+
     def build() -> nn.Module:
         from transformers import Wav2Vec2Config, Wav2Vec2Model
 
         cfg = Wav2Vec2Config(
             conv_dim=(32, 32, 32), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
             feat_extract_norm="layer", do_stable_layer_norm=True,
-            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, **TINY,
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, **(TINY | config),
         )
         return MaskedAudioModel(Wav2Vec2Model(cfg))
 
@@ -165,7 +169,7 @@ SPECS: tuple[ModelSpec, ...] = (
     _text_spec("t5_encoder", _t5_encoder(), note="relative position buckets"),
     ModelSpec(name="hf/vit", build=_vit(), make_inputs=images(3, 224, 224), input_names=("pixel_values",)),
     ModelSpec(
-        name="hf/wav2vec2", build=_wav2vec2(), make_inputs=audio_with_mask(4000),
+        name="hf/wav2vec2", build=wav2vec2_model(), make_inputs=audio_with_mask(4000),
         input_names=("input_values", "attention_mask"), batch_dims=(0, 0),
         note="mask is downsampled through the conv feature extractor's output lengths",
     ),

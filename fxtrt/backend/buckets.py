@@ -1,48 +1,27 @@
-"""A set of static-batch ONNX models served as one model of any batch size.
+"""The rules of a bucket set: which buckets, which sizes it is checked at, and which output
+axis carries the batch.
 
 torchpipe serves ``model="b1.onnx&b4.onnx&b8.onnx"`` as one virtual model covering batch 1-8.
 fxtrt does the same when the batch can't be dynamic (the graph's structure depends on it, e.g.
 a Python loop over the samples) or when asked to with ``compile(..., buckets=(1, 4, 8, 16))``:
-one static ONNX model per bucket size, and a server that runs any batch through them.
-
-Serving a batch of ``n`` (:func:`split_batch`): greedily, a chunk of the largest bucket that is
-<= the samples left; when fewer samples are left than the smallest bucket, one last chunk of the
-smallest bucket, padded by repeating its last sample (so the padding holds values the model has
-already seen: valid token ids, masks, lengths). Each chunk's outputs are sliced back to its real
-samples and concatenated along the output's batch axis. Batches above the largest bucket are
-served too, in chunks of the largest bucket. This is only correct for models whose samples
-don't interact (no statistic over the batch); the verification at sizes between the buckets
-(:func:`bucket_verification_sizes`) is what shows it.
+one static ONNX model per bucket size. How a batch is served through them is
+:class:`fxtrt.artifacts.bucket_set.BucketSet`; this module holds the rules it and compile() share.
 
 Example::
 
-    split_batch(13, (1, 4, 8, 16))   # [(8, 8), (4, 4), (1, 1)]: (samples, bucket) per chunk
-    split_batch(3, (4, 8))           # [(3, 4)]: 3 samples padded to a batch of 4
-    default_buckets(1, 8, 32)        # (1, 4, 8, 16, 32)
+    default_buckets(1, 8, 32)                     # (1, 4, 8, 16, 32)
+    bucket_verification_sizes((1, 4, 8, 16))      # [1, 3, 4, 7, 8, 13, 16, 17]
 """
 from __future__ import annotations
 
-import logging
-import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import onnx
-import torch
-from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from fxtrt.errors import ConfigError
+from fxtrt.errors import StructureError
 from fxtrt.settings import DynamicDim
-
-log = logging.getLogger(__name__)
-
-ORT_TYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-}
 
 
 def default_buckets(lo: int, opt: int, hi: int) -> tuple[int, ...]:
@@ -62,22 +41,19 @@ def default_buckets(lo: int, opt: int, hi: int) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-def split_batch(n: int, buckets: Sequence[int]) -> list[tuple[int, int]]:
-    """(samples, bucket) per chunk for a batch of ``n``; ``bucket - samples`` rows are padding."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"a bucket set serves batches of 1 or more samples, got batch size {n!r}")
-    chunks: list[tuple[int, int]] = []
-    left = int(n)
-    while left > 0:
-        fits = [b for b in buckets if b <= left]
-        if fits:
-            b = max(fits)
-            chunks.append((b, b))
-            left -= b
-        else:
-            chunks.append((left, min(buckets)))
-            left = 0
-    return chunks
+def fallback(batch: DynamicDim, exc: StructureError) -> tuple[tuple[int, ...], dict[str, Any], str]:
+    """The batch can't be dynamic because the graph's structure follows it: the
+    :func:`default_buckets` of its range, the ``report.stages["buckets"]`` record that says why,
+    and the report's note."""
+    buckets = default_buckets(batch.min, batch.opt, batch.max)
+    stage = {
+        "buckets": list(buckets), "automatic": True,
+        "why": f"the batch can't be dynamic: {exc.message}", "node": exc.node, "source": exc.source,
+        "rule": "min, opt and max of batch, plus the powers of two from 4 up between them",
+    }
+    note = (f"the graph's structure depends on the batch size, so fxtrt compiled a static-batch model per "
+            f"bucket {list(buckets)} instead of one dynamic model (see stages.buckets)")
+    return buckets, stage, note
 
 
 def _between(a: int, b: int) -> int | None:
@@ -174,122 +150,3 @@ def input_metadata(onnx_path: Path, dynamic_sites: Sequence[tuple[int, int]] = (
                 shape[axis] = None
         meta.add(vi.name, dtype=dtype, shape=shape)
     return meta
-
-
-def as_array(value: Any) -> np.ndarray:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-
-
-class BucketServer:
-    """Runs any batch size through a set of static-batch ONNX models with ONNX Runtime (CPU).
-
-    ``batch_sites``: (input index, axis) of the batch in each batched input (inputs without one
-    go to every chunk whole). ``output_axes``: per output, its batch axis or None.
-    """
-
-    def __init__(
-        self,
-        paths: Mapping[int, Path],
-        batch_sites: Sequence[tuple[int, int]],
-        output_axes: Sequence[int | None],
-    ) -> None:
-        if not paths:
-            raise ConfigError("a bucket set needs at least one model")
-        self.paths = {int(b): Path(p) for b, p in sorted(paths.items())}
-        self.buckets = tuple(self.paths)
-        self.batch_sites = tuple(batch_sites)
-        self.output_axes = tuple(output_axes)
-        self._sessions: dict[int, Any] = {}
-
-    def session(self, bucket: int) -> Any:
-        if bucket not in self._sessions:
-            import onnxruntime as ort
-
-            self._sessions[bucket] = ort.InferenceSession(str(self.paths[bucket]), providers=["CPUExecutionProvider"])
-        return self._sessions[bucket]
-
-    def batch_size(self, arrays: Sequence[np.ndarray]) -> int:
-        sizes = {int(arrays[i].shape[axis]) for i, axis in self.batch_sites if arrays[i].ndim > axis}
-        if len(sizes) != 1 or any(arrays[i].ndim <= axis for i, axis in self.batch_sites):
-            where = ", ".join(f"input {i} dim {axis}: {tuple(arrays[i].shape)}" for i, axis in self.batch_sites)
-            raise ConfigError(f"the inputs disagree on the batch size ({where})",
-                              hint="every batched input must have the same size in its batch dim")
-        return sizes.pop()
-
-    def plan(self, n: int) -> list[tuple[int, int]]:
-        return split_batch(n, self.buckets)
-
-    def run(self, inputs: Sequence[Any]) -> tuple[np.ndarray, ...]:
-        """Chunk, pad, run, slice back and concatenate."""
-        arrays = [as_array(v) for v in inputs]
-        n = self.batch_size(arrays)
-        pieces: list[list[np.ndarray]] = []
-        start = 0
-        for take, bucket in self.plan(n):
-            chunk = list(arrays)
-            for i, axis in self.batch_sites:
-                part = np.take(arrays[i], np.arange(start, start + take), axis=axis)
-                if bucket > take:
-                    last = np.take(part, [take - 1], axis=axis)
-                    part = np.concatenate([part] + [last] * (bucket - take), axis=axis)
-                chunk[i] = part
-            outs = self._run_one(bucket, chunk)
-            sliced = []
-            for out, axis in zip(outs, self.output_axes):
-                if axis is not None and bucket > take:
-                    per = out.shape[axis] // bucket
-                    out = np.take(out, np.arange(take * per), axis=axis)
-                sliced.append(out)
-            pieces.append(sliced)
-            start += take
-        if len(pieces) == 1:
-            return tuple(pieces[0])
-        return tuple(
-            np.concatenate([p[k] for p in pieces], axis=axis) if axis is not None else pieces[0][k]
-            for k, axis in enumerate(self.output_axes)
-        )
-
-    def _run_one(self, bucket: int, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        session = self.session(bucket)
-        feeds = {}
-        for meta, arr in zip(session.get_inputs(), arrays):
-            feeds[meta.name] = np.ascontiguousarray(arr.astype(ORT_TYPES.get(meta.type, arr.dtype), copy=False))
-        return session.run(None, feeds)
-
-    def describe(self, n: int) -> str:
-        """``8+4+1`` or ``3->4`` (3 samples padded to 4): how a batch of ``n`` is served."""
-        return "+".join(f"{take}" if take == bucket else f"{take}->{bucket}" for take, bucket in self.plan(n))
-
-
-class BucketRunner(BaseRunner):
-    """A Polygraphy runner over :class:`BucketServer`, so ``Comparator`` drives the bucket set
-    exactly as it drives ONNX Runtime and TensorRT: same feeds, same checks."""
-
-    def __init__(
-        self,
-        server: BucketServer,
-        input_names: Sequence[str],
-        output_names: Sequence[str],
-        meta: TensorMetadata,
-        name: str = "buckets",
-    ) -> None:
-        super().__init__(name=name, prefix="bucket-runner")
-        self.server = server
-        self.input_names = list(input_names)
-        self.output_names = list(output_names)
-        self._meta = meta
-
-    def activate_impl(self) -> None:
-        pass
-
-    def deactivate_impl(self) -> None:
-        pass
-
-    def get_input_metadata_impl(self) -> TensorMetadata:
-        return self._meta
-
-    def infer_impl(self, feed_dict):
-        start = time.perf_counter()
-        outs = self.server.run([feed_dict[n] for n in self.input_names])
-        self.inference_time = time.perf_counter() - start
-        return OrderedDict(zip(self.output_names, outs))

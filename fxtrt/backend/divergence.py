@@ -20,8 +20,12 @@ import torch
 import torch.fx
 
 from fxtrt.backend.cleanup import onnx_node_source
+from fxtrt.backend.verify import verification_points
+from fxtrt.frontend.capture import CapturedGraph
+from fxtrt.frontend.inputs import inputs_at
 from fxtrt.frontend.source import source_of
-from fxtrt.passes.infra import node_values
+from fxtrt.graph import node_values
+from fxtrt.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +113,14 @@ def find_divergence(
                                   source, worst, peak, compared)
     log.info("no ONNX value diverges from the FX graph (%d paired values compared)", compared)
     return None
+
+
+def trace_divergence(gm: torch.fx.GraphModule, onnx_path: Path, captured: CapturedGraph, settings: Settings,
+                     sizes: Mapping[str, int] | None = None) -> Divergence | None:
+    """:func:`find_divergence` at ``sizes`` (default: the first verification point), on the
+    example resized to them: where the emitted ONNX model first leaves the FX graph."""
+    sizes = sizes if sizes is not None else verification_points(settings.dims, captured.traced_low())[0]
+    tensors = [t.to(torch.float32) if t.dtype == torch.float64 else t
+               for t in inputs_at(captured.example, settings.dims, sizes)]
+    feed = {n: t.numpy() for n, t in zip(captured.input_names, tensors)}
+    return find_divergence(onnx_path, gm, tensors, feed, settings.atol, settings.rtol)

@@ -1,18 +1,31 @@
-"""Check the artifact against the original model with Polygraphy, at every size it claims.
+"""One verification stage for every artifact: its runners against the original model with
+Polygraphy's ``Comparator``, at every size it claims.
 
 Polygraphy's ``PytRunner`` hard-codes CUDA, so ``TorchRunner`` runs the original module on the
-CPU behind the same runner interface; ``Comparator`` drives it and ``OnnxrtRunner`` over the same
-feeds. The check is elementwise ``|a - b| <= atol + rtol * |ref|`` (Polygraphy's own "simple"
-check passes an element when *either* tolerance holds, which is looser), and any failure is an
-error, never a warning.
+CPU behind the same runner interface. :class:`ReferenceRunner` is the one reference of a
+compile: it makes the feeds at any sizes and runs the model once per feed, so the fp32 model,
+the fp16 model and the engines are all compared with the same reference outputs.
+:func:`verify` drives any :class:`~fxtrt.artifacts.Artifact` (an ONNX model, a bucket set, an
+fp16 model, TensorRT engines) the same way. The check is elementwise
+``|a - b| <= atol + rtol * |ref|`` (Polygraphy's own "simple" check passes an element when
+*either* tolerance holds, which is looser), and any failure is an error, never a warning.
+
+Example::
+
+    reference = ReferenceRunner(model, example, settings.dims, input_names, output_names)
+    rows = verify(artifact, reference, artifact.points, Tolerance(1e-4, 1e-3))
+    raise_on_failure(rows, 1e-4, 1e-3)
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -23,11 +36,22 @@ from polygraphy.common import TensorMetadata
 from polygraphy.logger import G_LOGGER
 
 from fxtrt.errors import VerificationError
-from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.frontend.inputs import grid_sizes, inputs_at, verification_sizes
-from fxtrt.settings import DynamicDim, Settings
+from fxtrt.settings import DynamicDim
+
+if TYPE_CHECKING:  # the artifacts build on this module; it only calls their interface
+    from fxtrt.artifacts.base import Artifact
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|a - b| <= atol + rtol * |ref|``, and the note its rows carry ("fp16 (atol=0.01, rtol=0.01)")."""
+
+    atol: float
+    rtol: float
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +102,7 @@ class TorchRunner(BaseRunner):
         return self._meta
 
     def infer_impl(self, feed_dict):
+        start = time.perf_counter()
         args = [torch.from_numpy(np.ascontiguousarray(feed_dict[n])).to(dt)
                 for n, dt in zip(self.input_names, self.input_dtypes)]
         with torch.no_grad():
@@ -87,10 +112,12 @@ class TorchRunner(BaseRunner):
             raise VerificationError(
                 f"the model returned {len(leaves)} tensors but the artifact has {len(self.output_names)} outputs"
             )
-        return OrderedDict(
+        outputs = OrderedDict(
             (n, t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t))
             for n, t in zip(self.output_names, leaves)
         )
+        self.inference_time = time.perf_counter() - start
+        return outputs
 
 
 def compare_arrays(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool, str]:
@@ -227,23 +254,87 @@ def feeds_at(
     return out
 
 
-def torch_runner(model: torch.nn.Module, inputs: Sequence[torch.Tensor], captured: CapturedGraph,
-                 meta: TensorMetadata) -> TorchRunner:
-    return TorchRunner(model, captured.input_names, [t.dtype for t in inputs], captured.output_names, meta)
+class ReferenceRunner(TorchRunner):
+    """The original model as the one reference of a compile.
+
+    It makes the feeds at any sizes (:meth:`feeds`: the example tiled to them) and runs the
+    model once per feed: outputs are kept by the feed's bytes, so the fp32 verification, the fp16
+    repair and verification and the engine verification all reuse them. Its input metadata is
+    the feeds' own types with every dim dynamic, so ``Comparator`` hands it every feed unchanged.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        example: Sequence[torch.Tensor],
+        dims: Sequence[DynamicDim],
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        name: str = "torch",
+    ) -> None:
+        meta = TensorMetadata()
+        for n, t in zip(input_names, example):
+            dtype = np.float32 if t.dtype == torch.float64 else torch.empty((), dtype=t.dtype).numpy().dtype
+            meta.add(n, dtype=dtype, shape=[None] * t.dim())
+        super().__init__(model, input_names, [t.dtype for t in example], output_names, meta, name=name)
+        self.example = tuple(example)
+        self.dims = tuple(dims)
+        self.runs = 0  # eager forward passes actually made
+        self._outputs: dict[bytes, OrderedDict] = {}
+
+    def feeds(self, points: Sequence[Mapping[str, int]]) -> Feeds:
+        """The example resized to each point, as ONNX feeds."""
+        return feeds_at(self.example, self.dims, self.input_names, [dict(p) for p in points])
+
+    def outputs(self, feeds: Feeds) -> list[dict[str, np.ndarray]]:
+        """The model's outputs at ``feeds`` (the reference the fp16 repair works towards)."""
+        with self:
+            return [dict(self.infer(feed)) for _, feed in feeds]
+
+    def infer_impl(self, feed_dict):
+        key = _digest(feed_dict, self.input_names)
+        if key not in self._outputs:
+            self._outputs[key] = super().infer_impl(feed_dict)
+            self.runs += 1
+        else:
+            self.inference_time = 0.0
+        return self._outputs[key]
 
 
-def torch_outputs(runner: TorchRunner, feeds: Feeds) -> list[dict[str, np.ndarray]]:
-    """The original model's outputs at ``feeds``: the reference for the fp16 repair."""
-    with runner:
-        return [dict(runner.infer(feed)) for _, feed in feeds]
+def _digest(feed: Mapping[str, Any], names: Sequence[str]) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for n in names:
+        arr = np.ascontiguousarray(feed[n])
+        h.update(f"{n}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.digest()
 
 
-def verify_model(model: torch.nn.Module, onnx_path: Path, captured: CapturedGraph, settings: Settings) -> list[VerifyRow]:
-    """The ONNX model against the original at every verification point, driven by Comparator."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+def verify(
+    artifact: "Artifact",
+    reference: ReferenceRunner,
+    points: Sequence[Mapping[str, int]],
+    tolerance: Tolerance,
+) -> list[VerifyRow]:
+    """``artifact`` against the original at every point it serves: for each of its parts (an
+    engine set's engines; any other artifact is one part) one ``Comparator`` over the reference
+    and the part's runners, on the points the part serves.
 
-    feeds = feeds_at(captured.example, settings.dims, captured.input_names,
-                     verification_points(settings.dims, captured.traced_low()))
-    ort = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name="onnxruntime")
-    runner = torch_runner(model, captured.example, captured, ort_meta(onnx_path))
-    return run_comparison([runner, ort], feeds, settings.atol, settings.rtol)
+    A row's note says the check (``tolerance.note``) and how the artifact served the sizes
+    (``artifact.describe``: "served as 8+4+1" for a bucket set, the engine for an engine set).
+    """
+    rows: list[VerifyRow] = []
+    for part in artifact.parts():
+        mine = [dict(p) for p in points if part.serves(p)]
+        if not mine:
+            log.warning("no verification point falls in %s", part)
+            continue
+        runners = [reference, *part.verify_runners()]
+        for row in run_comparison(runners, reference.feeds(mine), tolerance.atol, tolerance.rtol):
+            served = part.describe(row.sizes)
+            if len(runners) > 2 and served:  # the row's note names the runner: "model.engine: tensorrt vs torch"
+                where = f"{served}: {row.note}"
+            else:
+                where = "; ".join(x for x in (served, row.note) if x)
+            rows.append(dataclasses.replace(row, note="; ".join(x for x in (tolerance.note, where) if x)))
+    return rows

@@ -7,7 +7,7 @@ what it changed. ``PassResult.changes`` feeds the report and the debug dumps; "m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 import torch.fx
 
@@ -91,22 +91,6 @@ def call_text(node: torch.fx.Node) -> str:
     target = getattr(node.target, "__name__", str(node.target))
     args = ", ".join([fmt(a) for a in node.args] + [f"{k}={fmt(v)}" for k, v in node.kwargs.items()])
     return f"{target}({args})"
-
-
-def node_values(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every tensor a GraphModule computes on ``inputs``, by node name (for divergence searches)."""
-    values: dict[str, torch.Tensor] = {}
-
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, n: torch.fx.Node) -> Any:
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor):
-                values[n.name] = out.detach()
-            return out
-
-    with torch.no_grad():
-        Recorder(gm).run(*inputs)
-    return values
 
 
 PassFn = Callable[[torch.fx.GraphModule, PassContext], PassResult]

@@ -1,8 +1,13 @@
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
-from fxtrt.backend.cleanup import cleanup, op_counts, save_onnx
+from fxtrt.backend.cleanup import check_dynamic_dims, cleanup, op_counts, save_onnx
+from fxtrt.backend.emit import emit_onnx
+from fxtrt.errors import EmitError
+from fxtrt.frontend.capture import capture
+from fxtrt.settings import make_settings, normalize_inputs
 
 
 def exported(model, x):
@@ -42,3 +47,22 @@ def test_op_counts():
     model = exported(ConstArith(), torch.randn(2, 2, 2))
     assert op_counts(model) == dict(sorted(op_counts(model).items()))
     assert sum(op_counts(model).values()) == len(model.graph.node)
+
+
+
+def test_a_dynamic_dim_lost_on_the_way_is_an_emit_error():
+    model = torch.nn.Linear(4, 3).eval()
+    inputs = normalize_inputs(torch.randn(1, 4))
+    settings = make_settings(model, inputs, batch=(1, 4, 8), batch_dims=None, dynamic=None, out_dir=None, opset=17,
+                             target="onnx", precision="fp32", passes=None, verify=True, atol=1e-4, rtol=1e-3)
+    captured = capture(model, inputs, settings)
+    onnx_model = cleanup(emit_onnx(captured.base.gm, captured, settings.dims, 17).model).model
+    check_dynamic_dims(onnx_model, captured, settings)
+    out_dim = onnx_model.graph.output[0].type.tensor_type.shape.dim[0]
+    out_dim.dim_value = 4  # baked in
+    with pytest.raises(EmitError, match="'output' dim 0 changes with the input size but is static"):
+        check_dynamic_dims(onnx_model, captured, settings)
+    out_dim.dim_param = "batch"
+    onnx_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    with pytest.raises(EmitError, match="input 'input' dim 0 should be 'batch', is 4"):
+        check_dynamic_dims(onnx_model, captured, settings)

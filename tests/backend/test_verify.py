@@ -60,3 +60,62 @@ def test_comparator_catches_a_wrong_model(linear_onnx):
     with pytest.raises(VerificationError, match="does not match") as info:
         raise_on_failure(rows, 1e-4, 1e-3)
     assert info.value.rows == rows
+
+
+class Counting(torch.nn.Module):
+    """A Linear that counts its eager calls."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_the_reference_runs_each_feed_once_for_every_artifact_it_checks(linear_onnx):
+    from fxtrt.artifacts import OnnxModel
+    from fxtrt.backend.verify import ReferenceRunner, Tolerance, verify
+    from fxtrt.settings import DynamicDim
+
+    model, path = linear_onnx
+    batch = DynamicDim("batch", 1, 4, 8, ((0, 0),), 1)
+    counting = Counting(model)
+    reference = ReferenceRunner(counting, (torch.randn(1, 4),), (batch,), ["x"], ["output"])
+    points = [{"batch": 1}, {"batch": 5}]
+    fp32 = OnnxModel(path, ["x"], ["output"], dims=(batch,), tolerance=Tolerance(1e-4, 1e-3))
+    twin = OnnxModel(path, ["x"], ["output"], dims=(batch,), tolerance=Tolerance(1e-2, 1e-2, "fp16 (atol=0.01)"),
+                     name="onnxruntime-fp16")
+    first = verify(fp32, reference, points, fp32.tolerance)
+    second = verify(twin, reference, points, twin.tolerance)
+    assert counting.calls == reference.runs == 2, "one eager run per size, whatever checks it"
+    assert [r.passed for r in first + second] == [True] * 4
+    assert [r.note for r in first] == ["", ""] and [r.note for r in second] == ["fp16 (atol=0.01)"] * 2
+    assert [f["x"].shape for _, f in reference.feeds(points)] == [(1, 4), (5, 4)]
+    (out,) = reference.outputs(reference.feeds([{"batch": 5}]))
+    assert counting.calls == 2 and out["output"].shape == (5, 3)
+
+
+def test_with_several_runners_the_note_names_the_part_and_the_runner(linear_onnx):
+    """An engine's rows read "model.engine: tensorrt vs torch"; here two ONNX Runtime sessions stand in."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner as Runner
+
+    from fxtrt.artifacts import OnnxModel
+    from fxtrt.backend.verify import ReferenceRunner, Tolerance, verify
+    from fxtrt.settings import DynamicDim
+
+    class TwoSessions(OnnxModel):
+        def describe(self, sizes):
+            return "m.onnx"
+
+        def verify_runners(self):
+            return [self.runner(), Runner(SessionFromOnnx(str(self.path), providers=["CPUExecutionProvider"]),
+                                          name="second")]
+
+    model, path = linear_onnx
+    batch = DynamicDim("batch", 1, 4, 8, ((0, 0),), 1)
+    reference = ReferenceRunner(model, (torch.randn(1, 4),), (batch,), ["x"], ["output"])
+    part = TwoSessions(path, ["x"], ["output"], dims=(batch,), tolerance=Tolerance(1e-4, 1e-3))
+    rows = verify(part, reference, [{"batch": 2}, {"batch": 9}], part.tolerance)  # 9: outside, not checked
+    assert [r.note for r in rows] == ["m.onnx: onnxruntime vs torch", "m.onnx: second vs torch"]

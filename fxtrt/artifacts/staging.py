@@ -1,6 +1,13 @@
 """Write artifacts to a staging directory and move them into place only on success.
 
 A failed compile leaves nothing half-written behind: not in out_dir, not in a temp dir.
+
+Example::
+
+    with ArtifactDir(Path("out")) as stage:
+        save_onnx(model, stage.path / "model.onnx")
+        report.artifacts = stage.index(onnx_model)   # final paths, under their report keys
+    stage.final                                      # Path("out")
 """
 from __future__ import annotations
 
@@ -9,6 +16,14 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+from fxtrt.artifacts.onnx_model import MODEL_FILE
+
+if TYPE_CHECKING:
+    from fxtrt.artifacts.base import Artifact
+
+REPORT_FILE = "report.json"
 
 
 class ArtifactDir:
@@ -29,6 +44,20 @@ class ArtifactDir:
     def final_path(self, name: str) -> Path:
         """Where a staged file will live once committed."""
         return self._target() / name
+
+    def index(self, *artifacts: "Artifact | None") -> dict[str, str]:
+        """``report.artifacts``: the final paths of the first artifact's files, the report, the
+        external weight files, then the other artifacts' files (only files that exist)."""
+        present = [a for a in artifacts if a is not None]
+        out = {k: str(self.final_path(p.name)) for k, p in present[0].index().items()} if present else {}
+        out["report"] = str(self.final_path(REPORT_FILE))
+        if (self.path / (MODEL_FILE + ".data")).exists():
+            out["external_data"] = str(self.final_path(MODEL_FILE + ".data"))
+        for name in sorted(p.name for p in self.path.glob("*.onnx.data") if p.name != MODEL_FILE + ".data"):
+            out[f"external_data:{name[:-5]}"] = str(self.final_path(name))
+        for artifact in present[1:]:
+            out.update({k: str(self.final_path(p.name)) for k, p in artifact.index().items()})
+        return out
 
     def _target(self) -> Path:
         if self.final is None:

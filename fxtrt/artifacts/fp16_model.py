@@ -1,16 +1,16 @@
-"""``precision="fp16"`` as a stage of compile(): repair against the fp32 PyTorch model.
+"""The fp16 twin of an ONNX artifact, repaired against the fp32 PyTorch model.
 
-The verified float32 ONNX model goes through :func:`fxtrt.backend.fp16.repair_fp16` with the
-verification feeds and the PyTorch model's own float32 outputs as the reference, at the fp16
-tolerances (``fp16_atol`` / ``fp16_rtol``, 1e-2 by default). Every node that stays float32 is
-reported with the user's ``file:line`` (from the ``pkg.torch.onnx.stack_trace`` metadata that
+Each ONNX model of the verified fp32 artifact (the model, or every bucket's) goes through
+:func:`fxtrt.backend.fp16.repair_fp16` with the feeds it is verified at and the PyTorch model's
+own float32 outputs as the reference (from the compile's one :class:`ReferenceRunner`), at the
+fp16 tolerances (``fp16_atol`` / ``fp16_rtol``, 1e-2 by default). Every node that stays float32
+is reported with the user's ``file:line`` (from the ``pkg.torch.onnx.stack_trace`` metadata that
 torch.onnx writes and cleanup keeps), and the round that kept it.
 
 Example (what compile() does)::
 
-    stage = make_fp16(Path("out/model.onnx"), Path("out/model_fp16.onnx"), feeds, references,
-                      atol=1e-2, rtol=1e-2)
-    stage.to_dict()["kept_fp32"][0]
+    half = Fp16Model.convert(fp32_model, reference, Path("out"), settings)
+    half.record()["fp16"]["kept_fp32"][0]
     # {'name': 'node_mul_1', 'op_type': 'Mul', 'rule': 'diverged', 'round': 1,
     #  'source': 'model.py:12', 'reason': "produces 'mul_1', whose values reach 9.1e+05, ..."}
 """
@@ -23,10 +23,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
+from polygraphy.backend.base import BaseRunner
 
+from fxtrt.artifacts.base import Artifact
+from fxtrt.artifacts.bucket_set import BucketSet
+from fxtrt.artifacts.onnx_model import OnnxModel, onnx_file
 from fxtrt.backend.cleanup import onnx_node_source, save_onnx
 from fxtrt.backend.fp16 import DEFAULT_FP32_OPS, Fp16Result, KeptNode, convert_to_fp16, repair_fp16
+from fxtrt.backend.verify import ReferenceRunner, Tolerance, VerifyRow, format_rows
 from fxtrt.errors import PrecisionError
+from fxtrt.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ class Fp16Stage:
 
 
 def node_sources(model: onnx.ModelProto) -> dict[str, str | None]:
-    """ONNX node name (as fp16.py names it: the name, or ``<Op #i>``) -> the user's file:line."""
+    """ONNX node name (as backend/fp16 names it: the name, or ``<Op #i>``) -> the user's file:line."""
     return {(n.name or f"<{n.op_type} #{i}>"): onnx_node_source(n) for i, n in enumerate(model.graph.node)}
 
 
@@ -132,3 +138,88 @@ def _with_source(exc: PrecisionError, model: onnx.ModelProto, sources: Mapping[s
     err = PrecisionError(exc.message, rows=exc.rows, node=name, source=source or exc.source, hint=exc.hint)
     err.result = getattr(exc, "result", None)  # type: ignore[attr-defined]
     return err
+
+
+class Fp16Model(Artifact):
+    """An fp16 ONNX artifact (one model, or a bucket set of fp16 models), the fp32 artifact it was
+    made from, and the repair record. It serves and is verified exactly as ``half`` is."""
+
+    def __init__(self, half: OnnxModel | BucketSet, fp32: OnnxModel | BucketSet, record: Fp16Stage,
+                 tolerance: Tolerance, notes: Sequence[str] = ()) -> None:
+        self.half = half
+        self.fp32 = fp32
+        self.repair = record
+        self.tolerance = tolerance
+        self.notes = tuple(notes)
+        self.input_names = half.input_names
+        self.output_names = half.output_names
+        self.points = half.points
+
+    @staticmethod
+    def tolerance_for(settings: Settings) -> Tolerance:
+        """The fp16 tolerances, named in every fp16 verification row."""
+        atol, rtol = settings.fp16_atol, settings.fp16_rtol
+        return Tolerance(atol, rtol, f"fp16 (atol={atol:g}, rtol={rtol:g})")
+
+    @classmethod
+    def convert(cls, fp32: OnnxModel | BucketSet, reference: ReferenceRunner | None, directory: Path,
+                settings: Settings) -> "Fp16Model":
+        """Every ONNX model of ``fp32`` to fp16 in ``directory``, repaired against ``reference`` at the
+        points that model is verified at; without a reference (verify=False) converted unchecked."""
+        tolerance = cls.tolerance_for(settings)
+        record = Fp16Stage()
+        dests: dict[int | None, Path] = {}
+        for key, member in fp32.members().items():
+            dests[key] = Path(directory) / onnx_file(key, "fp16")
+            feeds = reference.feeds(member.points) if reference is not None else []
+            refs = reference.outputs(feeds) if reference is not None else None
+            make_fp16(member.primary, dests[key], [f for _, f in feeds], refs, atol=tolerance.atol,
+                      rtol=tolerance.rtol, threshold=settings.external_data_threshold, stage=record, key=key)
+        half = fp32.with_members(dests, name=f"{fp32.name}-fp16", tolerance=tolerance)
+        notes = () if reference is not None else ("the fp16 model was neither repaired nor verified (verify=False)",)
+        return cls(half, fp32, record, tolerance, notes)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.half.files
+
+    @property
+    def primary(self) -> Path:
+        return self.half.primary
+
+    def runner(self) -> BaseRunner:
+        return self.half.runner()
+
+    def serves(self, sizes: Mapping[str, int]) -> bool:
+        return self.half.serves(sizes)
+
+    def describe(self, sizes: Mapping[str, int]) -> str:
+        return self.half.describe(sizes)
+
+    def members(self) -> dict[int | None, Artifact]:
+        return self.half.members()
+
+    def moved_to(self, directory: Path) -> "Fp16Model":
+        return Fp16Model(self.half.moved_to(directory), self.fp32.moved_to(directory), self.repair, self.tolerance,
+                         self.notes)
+
+    def check(self, rows: Sequence[VerifyRow], divergence: Any = None) -> None:
+        bad = [r for r in rows if not r.passed]
+        if bad:
+            atol, rtol = self.tolerance.atol, self.tolerance.rtol
+            raise PrecisionError(
+                f"the fp16 model passed its repair but not verification at {len(bad)} of {len(rows)} checks "
+                f"(|a-b| <= {atol:g} + {rtol:g}*|ref|):\n{format_rows(rows)}",
+                rows=list(rows), hint="relax fp16_atol / fp16_rtol, or keep this model in fp32",
+            )
+
+    def index(self) -> dict[str, Path]:
+        fp32 = {("onnx_fp32" if key is None else f"onnx_fp32_b{key}"): m.primary
+                for key, m in self.fp32.members().items()}
+        return {**self.half.index(), **fp32}
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        return {"fp16": self.repair.to_dict()}
+
+    def __repr__(self) -> str:
+        return f"Fp16Model({self.half!r})"

@@ -1,0 +1,125 @@
+"""The one interface every output of compile has: files, a runner, the sizes it serves.
+
+An ONNX model, a bucket set, an fp16 model and a set of TensorRT engines all answer the same
+questions, so one verification stage (:func:`fxtrt.backend.verify.verify`) checks every kind
+and :class:`fxtrt.CompiledModel` serves through the same runner verification drove.
+
+Example::
+
+    artifact.files                       # (Path("out/model_b1.onnx"), ...)
+    artifact.serves({"batch": 13})       # True
+    artifact.describe({"batch": 13})     # "served as 8+4+1"
+    with artifact.runner() as runner:    # a Polygraphy BaseRunner, any supported size
+        runner.infer({"x": x13})
+"""
+from __future__ import annotations
+
+import abc
+import functools
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.datatype import DataType
+from polygraphy.logger import G_LOGGER
+
+from fxtrt.backend.verify import Tolerance, VerifyRow, raise_on_failure
+
+
+class Artifact(abc.ABC):
+    """What compile produced: its files, and a runner that takes feeds at any size it serves.
+
+    ``points`` are the sizes compile verifies it at and ``tolerance`` the check it must pass;
+    ``notes`` go into the report. A new kind implements :attr:`files`, :meth:`runner`,
+    :meth:`serves` and :meth:`moved_to`; the rest has defaults.
+    """
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    points: tuple[dict[str, int], ...]
+    tolerance: Tolerance
+    notes: tuple[str, ...] = ()
+
+    @property
+    @abc.abstractmethod
+    def files(self) -> tuple[Path, ...]:
+        """Every file the artifact consists of."""
+
+    @property
+    def primary(self) -> Path:
+        """The file that stands for the artifact (``CompiledModel.onnx_path``)."""
+        return self.files[0]
+
+    @abc.abstractmethod
+    def runner(self) -> BaseRunner:
+        """A Polygraphy runner over the artifact that takes feeds at any size it serves."""
+
+    @abc.abstractmethod
+    def serves(self, sizes: Mapping[str, int]) -> bool:
+        """Whether the artifact runs at ``sizes`` (dim name -> size)."""
+
+    def describe(self, sizes: Mapping[str, int]) -> str:
+        """How ``sizes`` are served, as verification rows note it ("served as 8+4+1");
+        empty when the artifact runs them as they are."""
+        return ""
+
+    @abc.abstractmethod
+    def moved_to(self, directory: Path) -> "Artifact":
+        """The same artifact with its files in ``directory`` (where the staging dir moved them)."""
+
+    def members(self) -> dict[int | None, "Artifact"]:
+        """The ONNX models inside, by bucket (None: the one model), for fp16 and engine planning."""
+        return {}
+
+    def parts(self) -> Sequence["Artifact"]:
+        """What verification checks with one Comparator each (an engine set: every engine)."""
+        return (self,)
+
+    def verify_runners(self) -> list[BaseRunner]:
+        """The runners verification compares with the reference: the serving runner, by default."""
+        return [self.runner()]
+
+    def check(self, rows: Sequence[VerifyRow], divergence: Any = None) -> None:
+        """Raise this kind's error when a verification row failed."""
+        raise_on_failure(rows, self.tolerance.atol, self.tolerance.rtol, divergence)
+
+    def index(self) -> dict[str, Path]:
+        """Its files under their ``report.artifacts`` keys."""
+        return {}
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        """What it adds to ``report.stages``, by stage name."""
+        return {}
+
+    def run(self, inputs: Sequence[Any]) -> tuple[np.ndarray, ...]:
+        """Serve one call (torch tensors or arrays, in input order) through :meth:`runner`, so what
+        runs is what verification checked. Inputs are cast to the types the artifact declares."""
+        runner = self._serving
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL), runner:
+            feed = OrderedDict()
+            for (name, meta), value in zip(runner.get_input_metadata(use_numpy_dtypes=False).items(), inputs):
+                arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+                feed[name] = arr.astype(_numpy_dtype(meta.dtype, arr.dtype), copy=False)
+            outputs = runner.infer(feed, check_inputs=False)
+        return tuple(outputs.values())
+
+    @functools.cached_property
+    def _serving(self) -> BaseRunner:
+        return self.runner()
+
+
+def _numpy_dtype(dtype: Any, default: np.dtype) -> np.dtype:
+    try:
+        return np.dtype(DataType.to_dtype(dtype, "numpy"))
+    except Exception:
+        return default
+
+
+def in_ranges(sizes: Mapping[str, int], dims: Sequence[Any], fixed: Mapping[str, int] = {}) -> bool:
+    """Whether ``sizes`` lie in the dims' ranges and match the ``fixed`` sizes (names not given pass)."""
+    if any(k in sizes and sizes[k] != v for k, v in fixed.items()):
+        return False
+    return all(d.min <= sizes[d.name] <= d.max for d in dims if d.name in sizes)

@@ -1,0 +1,284 @@
+"""A set of static-batch ONNX models served as one model of any batch size.
+
+Serving a batch of ``n`` (:func:`split_batch`): greedily, a chunk of the largest bucket that is
+<= the samples left; when fewer samples are left than the smallest bucket, one last chunk of the
+smallest bucket, padded by repeating its last sample (so the padding holds values the model has
+already seen: valid token ids, masks, lengths). Each chunk's outputs are sliced back to its real
+samples and concatenated along the output's batch axis. Batches above the largest bucket are
+served too, in chunks of the largest bucket. This is only correct for models whose samples
+don't interact (no statistic over the batch); the verification at sizes between the buckets
+(:func:`~fxtrt.backend.buckets.bucket_verification_sizes`) is what shows it.
+
+Example::
+
+    split_batch(13, (1, 4, 8, 16))   # [(8, 8), (4, 4), (1, 1)]: (samples, bucket) per chunk
+    split_batch(3, (4, 8))           # [(3, 4)]: 3 samples padded to a batch of 4
+    buckets = BucketSet.compiled({1: Path("model_b1.onnx"), 4: ...}, captured, settings)
+    buckets.describe({"batch": 13})  # "served as 8+4+1"
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+
+from fxtrt.artifacts.base import Artifact, in_ranges
+from fxtrt.artifacts.onnx_model import OnnxModel
+from fxtrt.backend.buckets import (
+    bucket_points,
+    bucket_verification_sizes,
+    input_metadata,
+    output_batch_axes,
+    static_output_shapes,
+)
+from fxtrt.backend.verify import Tolerance
+from fxtrt.errors import ConfigError
+from fxtrt.frontend.capture import CapturedGraph
+from fxtrt.settings import BATCH_NAME, DynamicDim, Settings
+
+log = logging.getLogger(__name__)
+
+SERVING = ("greedy chunks of the largest bucket that fits; fewer samples than the smallest bucket "
+           "are padded to it by repeating the last sample; outputs sliced back and concatenated")
+
+ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+}
+
+
+
+def split_batch(n: int, buckets: Sequence[int]) -> list[tuple[int, int]]:
+    """(samples, bucket) per chunk for a batch of ``n``; ``bucket - samples`` rows are padding."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"a bucket set serves batches of 1 or more samples, got batch size {n!r}")
+    chunks: list[tuple[int, int]] = []
+    left = int(n)
+    while left > 0:
+        fits = [b for b in buckets if b <= left]
+        if fits:
+            b = max(fits)
+            chunks.append((b, b))
+            left -= b
+        else:
+            chunks.append((left, min(buckets)))
+            left = 0
+    return chunks
+
+
+
+def as_array(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+class BucketServer:
+    """Runs any batch size through a set of static-batch ONNX models with ONNX Runtime (CPU).
+
+    ``batch_sites``: (input index, axis) of the batch in each batched input (inputs without one
+    go to every chunk whole). ``output_axes``: per output, its batch axis or None.
+    """
+
+    def __init__(
+        self,
+        paths: Mapping[int, Path],
+        batch_sites: Sequence[tuple[int, int]],
+        output_axes: Sequence[int | None],
+    ) -> None:
+        if not paths:
+            raise ConfigError("a bucket set needs at least one model")
+        self.paths = {int(b): Path(p) for b, p in sorted(paths.items())}
+        self.buckets = tuple(self.paths)
+        self.batch_sites = tuple(batch_sites)
+        self.output_axes = tuple(output_axes)
+        self._sessions: dict[int, Any] = {}
+
+    def session(self, bucket: int) -> Any:
+        if bucket not in self._sessions:
+            import onnxruntime as ort
+
+            self._sessions[bucket] = ort.InferenceSession(str(self.paths[bucket]), providers=["CPUExecutionProvider"])
+        return self._sessions[bucket]
+
+    def batch_size(self, arrays: Sequence[np.ndarray]) -> int:
+        sizes = {int(arrays[i].shape[axis]) for i, axis in self.batch_sites if arrays[i].ndim > axis}
+        if len(sizes) != 1 or any(arrays[i].ndim <= axis for i, axis in self.batch_sites):
+            where = ", ".join(f"input {i} dim {axis}: {tuple(arrays[i].shape)}" for i, axis in self.batch_sites)
+            raise ConfigError(f"the inputs disagree on the batch size ({where})",
+                              hint="every batched input must have the same size in its batch dim")
+        return sizes.pop()
+
+    def plan(self, n: int) -> list[tuple[int, int]]:
+        return split_batch(n, self.buckets)
+
+    def run(self, inputs: Sequence[Any]) -> tuple[np.ndarray, ...]:
+        """Chunk, pad, run, slice back and concatenate."""
+        arrays = [as_array(v) for v in inputs]
+        n = self.batch_size(arrays)
+        pieces: list[list[np.ndarray]] = []
+        start = 0
+        for take, bucket in self.plan(n):
+            chunk = list(arrays)
+            for i, axis in self.batch_sites:
+                part = np.take(arrays[i], np.arange(start, start + take), axis=axis)
+                if bucket > take:
+                    last = np.take(part, [take - 1], axis=axis)
+                    part = np.concatenate([part] + [last] * (bucket - take), axis=axis)
+                chunk[i] = part
+            outs = self._run_one(bucket, chunk)
+            sliced = []
+            for out, axis in zip(outs, self.output_axes):
+                if axis is not None and bucket > take:
+                    per = out.shape[axis] // bucket
+                    out = np.take(out, np.arange(take * per), axis=axis)
+                sliced.append(out)
+            pieces.append(sliced)
+            start += take
+        if len(pieces) == 1:
+            return tuple(pieces[0])
+        return tuple(
+            np.concatenate([p[k] for p in pieces], axis=axis) if axis is not None else pieces[0][k]
+            for k, axis in enumerate(self.output_axes)
+        )
+
+    def _run_one(self, bucket: int, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        session = self.session(bucket)
+        feeds = {}
+        for meta, arr in zip(session.get_inputs(), arrays):
+            feeds[meta.name] = np.ascontiguousarray(arr.astype(ORT_TYPES.get(meta.type, arr.dtype), copy=False))
+        return session.run(None, feeds)
+
+    def describe(self, n: int) -> str:
+        """``8+4+1`` or ``3->4`` (3 samples padded to 4): how a batch of ``n`` is served."""
+        return "+".join(f"{take}" if take == bucket else f"{take}->{bucket}" for take, bucket in self.plan(n))
+
+
+class BucketRunner(BaseRunner):
+    """A Polygraphy runner over :class:`BucketServer`, so ``Comparator`` drives the bucket set
+    exactly as it drives ONNX Runtime and TensorRT: same feeds, same checks."""
+
+    def __init__(
+        self,
+        server: BucketServer,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        meta: TensorMetadata,
+        name: str = "buckets",
+    ) -> None:
+        super().__init__(name=name, prefix="bucket-runner")
+        self.server = server
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self._meta = meta
+
+    def activate_impl(self) -> None:
+        pass
+
+    def deactivate_impl(self) -> None:
+        pass
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return self._meta
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        outs = self.server.run([feed_dict[n] for n in self.input_names])
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict(zip(self.output_names, outs))
+
+
+class BucketSet(Artifact):
+    """One static-batch ONNX model per bucket, served as one model of any batch size.
+
+    ``others`` are the dims besides the batch (still dynamic in every bucket model). Verified
+    as served: at every bucket, the sizes between them, 1 and past the largest bucket.
+    """
+
+    def __init__(
+        self,
+        server: BucketServer,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        batch: DynamicDim,
+        others: Sequence[DynamicDim],
+        *,
+        tolerance: Tolerance,
+        name: str = "buckets",
+    ) -> None:
+        self.server = server
+        self.input_names = tuple(input_names)
+        self.output_names = tuple(output_names)
+        self.batch = batch
+        self.others = tuple(others)
+        self.tolerance = tolerance
+        self.name = name
+        self.points = tuple(bucket_points(bucket_verification_sizes(server.buckets), self.others))
+
+    @classmethod
+    def compiled(cls, paths: Mapping[int, Path], captured: CapturedGraph, settings: Settings) -> "BucketSet":
+        """The bucket models compile lowered; each output's batch axis read from their static shapes."""
+        assert settings.batch is not None
+        shapes = {b: static_output_shapes(onnx.load(str(p), load_external_data=False)) for b, p in paths.items()}
+        server = BucketServer(paths, settings.batch.sites, output_batch_axes(shapes))
+        return cls(server, captured.input_names, captured.output_names, settings.batch,
+                   [d for d in settings.dims if not d.is_batch], tolerance=Tolerance(settings.atol, settings.rtol))
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        return self.server.buckets
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(self.server.paths.values())
+
+    @property
+    def primary(self) -> Path:
+        """The largest bucket's model."""
+        return self.server.paths[self.buckets[-1]]
+
+    def runner(self) -> BaseRunner:
+        meta = input_metadata(self.primary, self.batch.sites)
+        return BucketRunner(self.server, self.input_names, self.output_names, meta, name=self.name)
+
+    def serves(self, sizes: Mapping[str, int]) -> bool:
+        return sizes.get(BATCH_NAME, 1) >= 1 and in_ranges(sizes, self.others)
+
+    def describe(self, sizes: Mapping[str, int]) -> str:
+        return f"served as {self.server.describe(sizes[BATCH_NAME])}"
+
+    def members(self) -> dict[int | None, Artifact]:
+        """Each bucket's static model, checked at its own batch (with the other dims' corners)."""
+        return {b: OnnxModel(p, self.input_names, self.output_names, dims=self.others, fixed={BATCH_NAME: b},
+                             points=bucket_points([b], self.others), tolerance=self.tolerance)
+                for b, p in self.server.paths.items()}
+
+    def with_members(self, paths: Mapping[int | None, Path], *, name: str, tolerance: Tolerance) -> "BucketSet":
+        """The same bucket set over other files with the same inputs and outputs (its fp16 twin)."""
+        server = BucketServer({b: p for b, p in paths.items() if b is not None}, self.server.batch_sites,
+                              self.server.output_axes)
+        return BucketSet(server, self.input_names, self.output_names, self.batch, self.others, tolerance=tolerance,
+                         name=name)
+
+    def moved_to(self, directory: Path) -> "BucketSet":
+        server = BucketServer({b: Path(directory) / p.name for b, p in self.server.paths.items()},
+                              self.server.batch_sites, self.server.output_axes)
+        return BucketSet(server, self.input_names, self.output_names, self.batch, self.others,
+                         tolerance=self.tolerance, name=self.name)
+
+    def index(self) -> dict[str, Path]:
+        return {"onnx": self.primary, **{f"onnx_b{b}": p for b, p in self.server.paths.items()}}
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        return {"buckets": {"models": {str(b): p.name for b, p in self.server.paths.items()},
+                            "output_batch_axes": dict(zip(self.output_names, self.server.output_axes)),
+                            "serving": SERVING}}
+
+    def __repr__(self) -> str:
+        return f"BucketSet({list(self.buckets)}: {self.primary.parent})"

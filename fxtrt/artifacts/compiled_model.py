@@ -1,0 +1,76 @@
+"""What compile hands back: the verified artifact, its report, and ways to run it.
+
+``run`` and ``__call__`` serve through the artifact's runner, the same one verification drove.
+
+Example::
+
+    compiled = fxtrt.compile(model, torch.randn(1, 3, 224, 224), batch=(1, 8, 32), out_dir="out")
+    compiled.run(x)   # tuple of numpy arrays, on ONNX Runtime (CPU)
+    compiled(x)       # torch tensors, in the structure model(x) returns
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from fxtrt.artifacts.base import Artifact
+from fxtrt.artifacts.engine_set import EngineSet
+from fxtrt.errors import ConfigError
+from fxtrt.frontend.capture import CapturedGraph
+from fxtrt.report import Report
+from fxtrt.settings import Settings
+
+
+class CompiledModel:
+    """The verified artifact: its ONNX path, its report, and ways to run it.
+
+    ``onnx_path`` is the model that matches ``precision``: ``model.onnx`` (fp32) or
+    ``model_fp16.onnx``; the fp32 model stays in ``report.artifacts["onnx_fp32"]``. For a bucket
+    set, ``buckets`` lists the static batch sizes, ``onnx_paths`` maps each to its model,
+    ``onnx_path`` is the largest bucket's, and ``run`` serves any batch size through them.
+    ``artifact`` is what ``run`` serves through; ``engines`` the TensorRT engine set, if planned.
+    """
+
+    def __init__(self, artifact: Artifact, report: Report, captured: CapturedGraph, settings: Settings,
+                 graph_module: torch.fx.GraphModule | None = None, engines: EngineSet | None = None) -> None:
+        self.artifact = artifact
+        self.engines = engines
+        self.onnx_path = artifact.primary
+        self.onnx_paths: dict[int, Path] = {b: m.primary for b, m in artifact.members().items() if b is not None}
+        self.buckets: tuple[int, ...] | None = tuple(self.onnx_paths) or None
+        self.graph_module = graph_module  # the FX graph after the passes: what was emitted
+        self.report = report
+        self.settings = settings
+        self.input_names = captured.input_names
+        self.output_names = captured.output_names
+        self._out_spec = captured.out_spec
+        self._session = None
+
+    @property
+    def session(self):
+        """An ONNX Runtime session on ``onnx_path``."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            self._session = ort.InferenceSession(str(self.onnx_path), providers=["CPUExecutionProvider"])
+        return self._session
+
+    def run(self, *inputs: Any) -> tuple[np.ndarray, ...]:
+        """Run with ONNX Runtime (CPU) through the artifact's runner, the one verification drove.
+        Inputs are torch tensors or numpy arrays. A bucket set splits the batch into bucket-sized
+        chunks, pads the last one and slices the outputs back (see ``fxtrt.artifacts.bucket_set``)."""
+        if len(inputs) != len(self.input_names):
+            raise ConfigError(f"expected {len(self.input_names)} input(s) ({', '.join(self.input_names)}), got {len(inputs)}")
+        return self.artifact.run(inputs)
+
+    def __call__(self, *inputs: Any) -> Any:
+        """Run and return torch tensors in the structure the original model returns."""
+        outs = [torch.from_numpy(np.ascontiguousarray(a)) for a in self.run(*inputs)]
+        return pytree.tree_unflatten(outs, self._out_spec)
+
+    def __repr__(self) -> str:
+        return f"CompiledModel({self.onnx_path})"
