@@ -80,7 +80,9 @@ def exported_program(gm: torch.fx.GraphModule, program: Program) -> torch.export
                             node=node.name, hint="please report this with the model")
         kind = (InputKind.PARAMETER if node.target in params else
                 InputKind.BUFFER if node.target in buffers else InputKind.CONSTANT_TENSOR)
-        ph = graph.placeholder(prefix[kind] + node.target.replace(".", "_"))
+        # FX writes a placeholder's target as a Python argument name: "block1-0" must not reach it.
+        ph = graph.placeholder(prefix[kind] + re.sub(r"\W", "_", node.target))
+        ph.target = ph.name
         ph.meta["val"] = fake_mode.from_tensor(value, static_shapes=True)
         lifted[node.target] = ph
         specs.append(InputSpec(kind, TensorArgument(ph.name), node.target,
@@ -105,7 +107,9 @@ def exported_program(gm: torch.fx.GraphModule, program: Program) -> torch.export
         elif node.op != "placeholder":
             env[node] = graph.node_copy(node, lambda n: env[n])
     call = ModuleCallSignature(
-        inputs=[TensorArgument(env[u].name) for u in user], outputs=[o.arg for o in outputs],
+        # as torch.export writes the root entry: no arguments (decompositions rename nodes, and
+        # would leave names here dangling), the call structure and the argument names
+        inputs=[], outputs=[],
         in_spec=pytree.tree_structure(((0,) * len(user), {})), out_spec=pytree.tree_structure((0,) * len(outputs)),
         forward_arg_names=[env[u].name for u in user],
     )

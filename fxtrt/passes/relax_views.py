@@ -12,8 +12,9 @@ Before:  transpose_3 = transpose(sdpa, 1, 2);  view_4 = view(transpose_3, [-1, 1
 After:   transpose_3 = transpose(sdpa, 1, 2);  clone = clone(transpose_3, memory_format=contiguous)
          view_4 = view(clone, [-1, 16, 32])
 
-Only graphs with baked dims need it: they were traced at concrete sizes and are traced again
-symbolically for emission. A symbolic capture already proved its views for every size.
+A symbolic capture needs it too: torch.export records a view where the strides it traced with
+allowed one, and torch.onnx's decompositions re-derive the strides and may refuse it (the
+benchmark's T5 encoder, batch symbolic from capture).
 
 ``x.contiguous()`` is the same trap (it copies only when the traced strides say so) and becomes
 an unconditional ``clone(x, memory_format=contiguous)``.
@@ -36,7 +37,7 @@ RELAYOUTS = frozenset({
 
 
 def relax_views(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-    if not ctx.settings.dims or ctx.captured.symbolic:
+    if not ctx.settings.dims:
         return PassResult(gm, [])
     changes = []
     for node in list(gm.graph.nodes):
