@@ -238,6 +238,7 @@ def run_case(case: Case, config: Config, out_dir: Path) -> dict[str, Any]:
     row["dims"] = {n: d["how"] for n, d in capture.get("dims", {}).items()}
     row["exports"] = capture.get("traces")
     row["one_capture"] = capture.get("one_capture")
+    row["outputs"] = list(compiled.output_names)
     row["checks"] = check(case, config, model, compiled)
     row["passed"] = case.expect_error is None and all(c["passed"] for c in row["checks"])
     return row

@@ -24,23 +24,26 @@ from fxtrt.backend.verify import ReferenceRunner, VerifyRow
 from fxtrt.backend.verify import verify as verify_artifact  # compile() has a verify= argument
 from fxtrt.debug import PassDebugger
 from fxtrt.errors import ConfigError, StructureError
+from fxtrt.frontend.bind import bind, resolve_dims
 from fxtrt.frontend.capture import CapturedGraph, capture
 from fxtrt.frontend.inputs import inputs_at
 from fxtrt.frontend.state import ModuleState
 from fxtrt.passes import PassContext, resolve, run_passes
 from fxtrt.report import Report, capture_stage
-from fxtrt.settings import Settings, make_settings, normalize_inputs
+from fxtrt.settings import Settings, make_settings
 
 log = logging.getLogger("fxtrt")
 
 
 def compile(
     model: torch.nn.Module,
-    example_inputs: Any,
+    example_inputs: Any = None,
     *,
+    kwargs: Mapping[str, Any] | None = None,
     batch: tuple[int, int, int] | None = (1, 8, 32),
-    batch_dims: Sequence[int | None] | int | None = None,
-    dynamic: Mapping[int, Mapping[int, Any]] | None = None,
+    batch_dims: Sequence[int | None] | Mapping[str, int | None] | int | None = None,
+    dynamic: Mapping[int | str, Mapping[int, Any]] | None = None,
+    dims: Mapping[str, tuple[int, ...]] | None = None,
     out_dir: str | Path | None = None,
     opset: int = 17,
     target: str = "onnx",
@@ -57,6 +60,9 @@ def compile(
     fp16_rtol: float = 1e-2,
 ) -> CompiledModel:
     """Compile ``model`` to an ONNX model that serves every size in ``batch`` / ``dynamic``.
+
+    ``example_inputs``: a tensor, a tuple of tensors or a dict of keyword arguments; ``kwargs``
+    more of them (non-tensors become constants). Dims may name inputs and symbols (``dims=``).
 
     Either the result matches the original at min, opt, max and an odd size of every dynamic
     dim, or an ``FxtrtError`` says which node and which line of the user's code is at fault.
@@ -78,19 +84,21 @@ def compile(
     """
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = normalize_inputs(example_inputs)
+    user_model, (model, inputs, binding) = model, bind(model, example_inputs, kwargs)
+    batch_dims, dynamic = resolve_dims(binding, inputs, batch, batch_dims, dynamic, dims)
     settings = make_settings(
         model, inputs, batch=batch, batch_dims=batch_dims, dynamic=dynamic, out_dir=out_dir, opset=opset,
+        input_names=binding.names,
         target=target, precision=precision, passes=passes, verify=verify, atol=atol, rtol=rtol,
         debug_dir=debug_dir, trace_divergence=trace_divergence,
         buckets=buckets, keep_dynamic=keep_dynamic, fp16_atol=fp16_atol, fp16_rtol=fp16_rtol,
     )
     pipeline = resolve(settings.passes)
-    report = Report(model=type(model).__name__, settings=settings.to_dict())
+    report = Report(model=type(user_model).__name__, settings=settings.to_dict(), stages={"inputs": binding.to_dict()})
     total = (5 if settings.verify else 4) + (settings.precision == "fp16") + (settings.target == "tensorrt")
 
     # The eager runs of verification may cache on the model too; compile leaves it as it found it.
-    with ModuleState(model), ArtifactDir(settings.out_dir) as stage:
+    with ModuleState(user_model), ArtifactDir(settings.out_dir) as stage:
         settings, captured, gm, artifact = _lower_artifact(model, inputs, settings, pipeline, report, stage.path, total)
         # The one reference of this compile: each size's PyTorch outputs are computed once.
         reference = ReferenceRunner(model, inputs, settings.dims, captured.input_names, captured.output_names)
@@ -122,7 +130,7 @@ def compile(
         report.write(stage.path / REPORT_FILE)
     log.info("artifacts in %s", stage.final)
     assert stage.final is not None
-    return CompiledModel(artifact.moved_to(stage.final), report, captured, settings, graph_module=gm,
+    return CompiledModel(artifact.moved_to(stage.final), report, captured, settings, binding, graph_module=gm,
                          engines=engines.moved_to(stage.final) if engines is not None else None)
 
 

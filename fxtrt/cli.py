@@ -42,16 +42,19 @@ def parse_batch_dims(text: str | None) -> tuple[int | None, ...] | None:
     return tuple(None if p.strip().lower() in ("none", "-", "") else int(p) for p in text.split(","))
 
 
-def parse_dynamic(items: Sequence[str]) -> dict[int, dict[int, Any]] | None:
-    """``INPUT:DIM=[NAME:]MIN:OPT:MAX[:STEP]``, e.g. ``0:2=320:640:1280:32`` or ``0:1=seq:1:128:512``."""
-    out: dict[int, dict[int, Any]] = {}
+def parse_dynamic(items: Sequence[str]) -> dict[int | str, dict[int, Any]] | None:
+    """``INPUT:DIM=[NAME:]MIN:OPT:MAX[:STEP]``, e.g. ``0:2=320:640:1280:32``, ``0:1=seq:1:128:512`` or
+    ``input_ids:1=seq:1:128:512`` (an input by name)."""
+    out: dict[int | str, dict[int, Any]] = {}
     usage = "expected INPUT:DIM=[NAME:]MIN:OPT:MAX[:STEP], e.g. 0:1=20:1000:2000 or 0:2=320:640:1280:32"
     for item in items:
         where, eq, rng = item.partition("=")
         parts = rng.split(":")
         name = [parts.pop(0)] if parts and parts[0].isidentifier() else []
         try:
-            i, d = (int(x) for x in where.split(":"))
+            i_text, d_text = where.split(":")
+            i: int | str = i_text if i_text.isidentifier() else int(i_text)
+            d = int(d_text)
             numbers = tuple(int(x) for x in parts)
         except ValueError:
             raise ConfigError(f"--dynamic {item!r}: {usage}") from None
@@ -68,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a model to ONNX and verify it")
     c.add_argument("spec", help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
-    c.add_argument("--input", action="append", required=True, metavar="SHAPE[:DTYPE]",
-                   help="an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs")
+    c.add_argument("--input", action="append", required=True, metavar="[NAME=]SHAPE[:DTYPE]",
+                   help="an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs; "
+                        "NAME= passes it by keyword (input_ids=1x16:int64), and an int *mask is all ones")
     c.add_argument("--batch", default="1:8:32", help="MIN:OPT:MAX batch sizes to serve, or 'none' (default 1:8:32)")
     c.add_argument("--batch-dims", help="per input, the batch dim or 'none', e.g. 1,1 (default 0 for all)")
     c.add_argument("--dynamic", action="append", default=[], metavar="I:D=[NAME:]MIN:OPT:MAX[:STEP]",
@@ -109,13 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
+    """The model and its example: a tuple, or a dict when the inputs are named (``input_ids=1x16:int64``)."""
     from fxtrt.frontend.model_spec import load_model, parse_input
 
     torch.manual_seed(args.seed)
     model = load_model(args.spec)
     gen = torch.Generator().manual_seed(args.seed)
-    return model, tuple(parse_input(t, gen) for t in args.input)
+    named = [t.partition("=") for t in args.input]
+    if not any(eq for _, eq, _ in named):
+        return model, tuple(parse_input(t, gen) for t in args.input)
+    if not all(eq and name.isidentifier() for name, eq, _ in named):
+        raise ConfigError("--input: name every input (NAME=SHAPE[:DTYPE]) or none of them")
+    example = {}
+    for name, _, spec in named:
+        t = parse_input(spec, gen)
+        # a random mask would hide most tokens; all ones is the valid mask of a full batch
+        example[name] = torch.ones_like(t) if name.endswith("mask") and not t.is_floating_point() else t
+    return model, example
 
 
 def _explain(args: argparse.Namespace) -> int:

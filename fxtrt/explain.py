@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from fxtrt.errors import ConfigError, FxtrtError, GeneralizationError, StructureError
+from fxtrt.frontend.bind import bind, resolve_dims
 from fxtrt.frontend.capture import capture
 from fxtrt.frontend.source import SourceLocation, location_of
 from fxtrt.passes import PassContext
@@ -22,7 +23,7 @@ from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.fix_dtypes import fix_dtypes
 from fxtrt.passes.fold_constant_reads import fold_constant_reads
 from fxtrt.passes.generalize_batch import rewrite_size_literals, value_dependent_nodes
-from fxtrt.settings import make_settings, normalize_inputs
+from fxtrt.settings import make_settings
 
 KINDS = {
     "baked-size": "a dynamic size is used as a Python number: a static export bakes it in",
@@ -113,19 +114,22 @@ class _Collector:
 
 def explain(
     model: torch.nn.Module,
-    example_inputs: Any,
+    example_inputs: Any = None,
     *,
+    kwargs: Mapping[str, Any] | None = None,
     batch: tuple[int, int, int] | None = (1, 8, 32),
-    batch_dims: Sequence[int | None] | int | None = None,
-    dynamic: Mapping[int, Mapping[int, Any]] | None = None,
+    batch_dims: Sequence[int | None] | Mapping[str, int | None] | int | None = None,
+    dynamic: Mapping[int | str, Mapping[int, Any]] | None = None,
+    dims: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Explanation:
-    """Find every export hazard in ``model`` without emitting anything."""
-    inputs = normalize_inputs(example_inputs)
+    """Find every export hazard in ``model`` without emitting anything (inputs as for compile)."""
+    name = type(model).__name__
+    model, inputs, binding = bind(model, example_inputs, kwargs)
+    batch_dims, dynamic = resolve_dims(binding, inputs, batch, batch_dims, dynamic, dims)
     settings = make_settings(model, inputs, batch=batch, batch_dims=batch_dims, dynamic=dynamic, out_dir=None,
                              opset=17, target="onnx", precision="fp32", passes=None, verify=False,
-                             atol=1e-4, rtol=1e-3)
+                             atol=1e-4, rtol=1e-3, input_names=binding.names)
     found = _Collector()
-    name = type(model).__name__
     dims = [d.to_dict() for d in settings.dims]
     try:
         captured = capture(model, inputs, settings)

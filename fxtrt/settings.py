@@ -289,6 +289,7 @@ def make_settings(
     fp16_rtol: Any = 1e-2,
     targets: Sequence[str] = TARGETS,
     precisions: Sequence[str] = PRECISIONS,
+    input_names: Sequence[str] | None = None,
 ) -> Settings:
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}",
@@ -316,7 +317,7 @@ def make_settings(
     _check_keep_dynamic(keep_dynamic, dims, target, buckets)
     return Settings(
         dims=dims,
-        input_names=input_names_of(model, len(inputs)),
+        input_names=tuple(input_names) if input_names is not None else input_names_of(model, len(inputs)),
         opset=opset, target=target, precision=precision, passes=passes,
         verify=bool(verify), atol=float(atol), rtol=float(rtol),
         out_dir=check_out_dir(out_dir),

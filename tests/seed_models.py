@@ -203,3 +203,17 @@ class PerStepLoop(nn.Module):
         steps = [torch.tanh(self.fc(x[:, t])) for t in range(x.size(1))]  # LINE: step-loop
         return torch.stack(steps, 1).sum(1)
 
+
+
+class KeywordEncoder(nn.Module):
+    """A tokenizer-style model: keyword inputs, a mask, and a dict out (as transformers models are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 16)
+        self.proj = nn.Linear(16, 16)
+
+    def forward(self, input_ids, attention_mask=None, return_dict=True):
+        h = self.proj(self.embed(input_ids)) * attention_mask.unsqueeze(-1).float()
+        pooled = h.sum(1) / attention_mask.sum(1, keepdim=True).clamp(min=1).float()
+        return {"last_hidden_state": h, "pooler_output": pooled} if return_dict else (h, pooled)

@@ -228,7 +228,8 @@ def test_verification_failure_raises_and_leaves_nothing(tmp_path):
     [
         (dict(model="not a module"), "torch.nn.Module"),
         (dict(example_inputs=[1, 2]), "example_inputs"),
-        (dict(example_inputs={"x": torch.randn(1, 3)}), "example_inputs"),
+        (dict(example_inputs={"x": torch.randn(1, 3)}), "'x' is not a parameter of Linear.forward"),
+        (dict(example_inputs=(torch.randn(1, 3), 2)), "must be tensors"),
         (dict(batch_dims=(4,)), "out of range"),
         (dict(batch=(8, 4, 2)), "min <= opt <= max"),
         (dict(batch=(0, 1, 2)), "min must be >= 1"),

@@ -96,3 +96,14 @@ def test_a_stepped_dim_from_the_command_line(tmp_path):
     assert dim["step"] == 32 and dim["sites"] == [[0, 2], [0, 3]]
     sizes = {r["sizes"][dim["name"]] for r in report["verification"]}
     assert sizes <= {64, 96, 128} and {64, 128} <= sizes, "verified on the grid only"
+
+
+def test_named_inputs_compile_a_keyword_model(tmp_path):
+    out = tmp_path / "out"
+    proc = fxtrt("compile", f"{SEED_FILE}:KeywordEncoder", "--input", "input_ids=1x8:int64",
+                 "--input", "attention_mask=1x8:int64", "--batch", "1:4:8",
+                 "--dynamic", "input_ids:1=seq:4:8:16", "--dynamic", "attention_mask:1=seq:4:8:16", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["input_names"] == ["input_ids", "attention_mask"]
+    assert {d["name"] for d in report["settings"]["dims"]} == {"batch", "seq"}

@@ -19,7 +19,7 @@ import torch.utils._pytree as pytree
 
 from fxtrt.artifacts.base import Artifact
 from fxtrt.artifacts.engine_set import EngineSet
-from fxtrt.errors import ConfigError
+from fxtrt.frontend.bind import Binding
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.report import Report
 from fxtrt.settings import Settings
@@ -36,7 +36,8 @@ class CompiledModel:
     """
 
     def __init__(self, artifact: Artifact, report: Report, captured: CapturedGraph, settings: Settings,
-                 graph_module: torch.fx.GraphModule | None = None, engines: EngineSet | None = None) -> None:
+                 binding: Binding | None = None, graph_module: torch.fx.GraphModule | None = None,
+                 engines: EngineSet | None = None) -> None:
         self.artifact = artifact
         self.engines = engines
         self.onnx_path = artifact.primary
@@ -48,6 +49,7 @@ class CompiledModel:
         self.input_names = captured.input_names
         self.output_names = captured.output_names
         self._out_spec = captured.out_spec
+        self._binding = binding or Binding(captured.input_names, len(captured.input_names))
         self._session = None
 
     @property
@@ -59,17 +61,16 @@ class CompiledModel:
             self._session = ort.InferenceSession(str(self.onnx_path), providers=["CPUExecutionProvider"])
         return self._session
 
-    def run(self, *inputs: Any) -> tuple[np.ndarray, ...]:
+    def run(self, *inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
         """Run with ONNX Runtime (CPU) through the artifact's runner, the one verification drove.
-        Inputs are torch tensors or numpy arrays. A bucket set splits the batch into bucket-sized
-        chunks, pads the last one and slices the outputs back (see ``fxtrt.artifacts.bucket_set``)."""
-        if len(inputs) != len(self.input_names):
-            raise ConfigError(f"expected {len(self.input_names)} input(s) ({', '.join(self.input_names)}), got {len(inputs)}")
-        return self.artifact.run(inputs)
+        Inputs are torch tensors or numpy arrays, given as compile was given them: by position,
+        by keyword or as one dict. A bucket set splits the batch into bucket-sized chunks, pads
+        the last one and slices the outputs back (see ``fxtrt.artifacts.bucket_set``)."""
+        return self.artifact.run(self._binding.tensors(inputs, kwargs))
 
-    def __call__(self, *inputs: Any) -> Any:
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
         """Run and return torch tensors in the structure the original model returns."""
-        outs = [torch.from_numpy(np.ascontiguousarray(a)) for a in self.run(*inputs)]
+        outs = [torch.from_numpy(np.ascontiguousarray(a)) for a in self.run(*inputs, **kwargs)]
         return pytree.tree_unflatten(outs, self._out_spec)
 
     def __repr__(self) -> str:

@@ -28,6 +28,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from fxtrt.errors import CaptureError, ConfigError, GeneralizationError
+from fxtrt.frontend.bind import output_names
 from fxtrt.frontend.export import (Violation, dim_reason, dynamic_shapes, eager_failure, export_once, first_lines,
                                    suggested_fixes, torch_dims)
 from fxtrt.frontend.guards import check_deferred_asserts
@@ -325,9 +326,7 @@ def capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings:
     finally:
         state.restore()
     notes += run.notes
-    n_out = out_spec.num_leaves if out_spec is not None else 1
-    output_names = ("output",) if n_out == 1 else tuple(f"output_{i}" for i in range(n_out))
-    return CapturedGraph(captures, out_spec, example, settings.input_names, output_names,
+    return CapturedGraph(captures, out_spec, example, settings.input_names, output_names(out_spec),
                          dims=run.dim_records(), checks=checks, program=program, notes=notes, exports=run.exports)
 
 
