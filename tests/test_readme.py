@@ -25,3 +25,16 @@ def test_user_pass_example():
     assert [c.after for c in record.changes] == ["gelu(tanh)"]
     assert record.changes[0].source.endswith(f"seed_models.py:{sm.line_of(sm.TransformerBlock, 'mlp-out')}")
     assert report.verified
+
+
+def test_transformers_example():
+    import pytest
+
+    pytest.importorskip("transformers")
+    scope: dict = {}
+    exec(compile(block_with("transformers.BertModel"), "README.md", "exec"), scope)
+    compiled = scope["compiled"]
+    assert compiled.output_names == ("last_hidden_state", "pooler_output")
+    assert compiled.input_names == ("input_ids", "attention_mask")
+    assert compiled.report.verified
+    assert type(scope["out"]).__name__ == "BaseModelOutputWithPoolingAndCrossAttentions"
