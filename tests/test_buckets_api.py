@@ -65,7 +65,7 @@ def test_verification_covers_every_bucket_and_sizes_between_through_the_server(l
     assert all(r.passed for r in rows) and compiled.report.verified
     assert [r.sizes["batch"] for r in rows] == [1, 3, 4, 7, 8, 13, 16, 17]
     notes = {r.sizes["batch"]: r.note for r in rows}
-    assert notes[13] == "served as 8+4+1" and notes[17] == "served as 16+1"
+    assert notes[13] == "served as 13->16" and notes[17] == "served as 16+1"
 
 
 @pytest.mark.parametrize("batch", SERVE_BATCHES)

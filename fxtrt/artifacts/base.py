@@ -8,7 +8,7 @@ Example::
 
     artifact.files                       # (Path("out/model_b1.onnx"), ...)
     artifact.serves({"batch": 13})       # True
-    artifact.describe({"batch": 13})     # "served as 8+4+1"
+    artifact.describe({"batch": 13})     # "served as 13->16"
     with artifact.runner() as runner:    # a Polygraphy BaseRunner, any supported size
         runner.infer({"x": x13})
 """
@@ -62,7 +62,7 @@ class Artifact(abc.ABC):
         """Whether the artifact runs at ``sizes`` (dim name -> size)."""
 
     def describe(self, sizes: Mapping[str, int]) -> str:
-        """How ``sizes`` are served, as verification rows note it ("served as 8+4+1");
+        """How ``sizes`` are served, as verification rows note it ("served as 13->16", "served as 16+1");
         empty when the artifact runs them as they are."""
         return ""
 

@@ -14,7 +14,7 @@ Example::
     split_batch(13, (1, 4, 8, 16))   # [(8, 8), (4, 4), (1, 1)]: (samples, bucket) per chunk
     split_batch(3, (4, 8))           # [(3, 4)]: 3 samples padded to a batch of 4
     buckets = BucketSet.compiled({1: Path("model_b1.onnx"), 4: ...}, captured, settings)
-    buckets.describe({"batch": 13})  # "served as 8+4+1"
+    buckets.describe({"batch": 13})  # "served as 13->16"
 """
 from __future__ import annotations
 
@@ -57,20 +57,22 @@ ORT_TYPES = {
 
 
 def split_batch(n: int, buckets: Sequence[int]) -> list[tuple[int, int]]:
-    """(samples, bucket) per chunk for a batch of ``n``; ``bucket - samples`` rows are padding."""
+    """(samples, bucket) per call for a batch of ``n``; ``bucket - samples`` rows are padding.
+
+    Up to the largest bucket a batch is one call, padded to the smallest bucket that holds it:
+    every sample keeps its position, so a model whose output depends on it (a per-sample loop
+    with ``enumerate``) is served as it runs eagerly. Only above the largest bucket is the batch
+    served in chunks of that bucket, the rest again padded to the smallest bucket holding it.
+    """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"a bucket set serves batches of 1 or more samples, got batch size {n!r}")
+    largest = max(buckets)
     chunks: list[tuple[int, int]] = []
     left = int(n)
-    while left > 0:
-        fits = [b for b in buckets if b <= left]
-        if fits:
-            b = max(fits)
-            chunks.append((b, b))
-            left -= b
-        else:
-            chunks.append((left, min(buckets)))
-            left = 0
+    while left > largest:
+        chunks.append((largest, largest))
+        left -= largest
+    chunks.append((left, min(b for b in buckets if b >= left)))
     return chunks
 
 
@@ -156,7 +158,7 @@ class BucketServer:
         return session.run(None, feeds)
 
     def describe(self, n: int) -> str:
-        """``8+4+1`` or ``3->4`` (3 samples padded to 4): how a batch of ``n`` is served."""
+        """``13->16`` (13 samples padded to 16) or ``16+16+5->8`` past the largest bucket: how ``n`` is served."""
         return "+".join(f"{take}" if take == bucket else f"{take}->{bucket}" for take, bucket in self.plan(n))
 
 

@@ -321,7 +321,7 @@ def verify(
     and the part's runners, on the points the part serves.
 
     A row's note says the check (``tolerance.note``) and how the artifact served the sizes
-    (``artifact.describe``: "served as 8+4+1" for a bucket set, the engine for an engine set).
+    (``artifact.describe``: "served as 13->16" for a bucket set, the engine for an engine set).
     """
     rows: list[VerifyRow] = []
     for part in artifact.parts():

@@ -44,10 +44,11 @@ def server(tmp_path: Path) -> BucketServer:
     return BucketServer(paths, [(0, 0)], output_batch_axes(shapes))
 
 
-def test_split_batch_takes_the_largest_bucket_that_fits_then_pads() -> None:
-    assert split_batch(13, (1, 4, 8, 16)) == [(8, 8), (4, 4), (1, 1)]
+def test_split_batch_pads_to_the_smallest_bucket_that_holds_it_and_chunks_only_above() -> None:
+    assert split_batch(13, (1, 4, 8, 16)) == [(13, 16)]  # one call: every sample keeps its position
     assert split_batch(16, (1, 4, 8, 16)) == [(16, 16)]
     assert split_batch(40, (1, 4, 8, 16)) == [(16, 16), (16, 16), (8, 8)]  # past the largest bucket
+    assert split_batch(37, (1, 4, 8, 16)) == [(16, 16), (16, 16), (5, 8)]
     assert split_batch(3, (4, 8)) == [(3, 4)]  # 3 samples padded to 4
     assert split_batch(11, (4, 8)) == [(8, 8), (3, 4)]
     with pytest.raises(ConfigError, match="1 or more samples"):
@@ -63,7 +64,7 @@ def test_server_matches_one_big_matmul_at_any_batch(server: BucketServer, n: int
 
 
 def test_padding_repeats_the_last_sample_and_is_sliced_off(server: BucketServer) -> None:
-    assert server.plan(3) == [(2, 2), (1, 2)] and server.describe(3) == "2+1->2"
+    assert server.plan(3) == [(3, 4)] and server.describe(3) == "3->4"
     x = RNG.standard_normal((1, 8)).astype(np.float32)
     (y, flat) = server.run([x])
     assert y.shape == (1, 4) and flat.shape == (4,)
