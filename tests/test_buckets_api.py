@@ -142,3 +142,27 @@ def test_buckets_with_batch_none_and_batch_dims(tmp_path):
     got = compiled(x, h0)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+class PositionDependent(torch.nn.Module):
+    """issue 11's example: a per-sample loop whose output also depends on the sample's position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return torch.stack([self.fc(img) * (i % 3 + 1) for i, img in enumerate(x)])
+
+
+def test_a_position_dependent_loop_is_served_in_one_padded_call_and_chunking_is_named(tmp_path):
+    model = PositionDependent().eval()
+    with pytest.raises(fxtrt.VerificationError) as info:
+        fxtrt.compile(model, torch.randn(1, 8), batch=(1, 8, 16), out_dir=tmp_path / "out")
+    message = str(info.value)
+    assert "split into chunks (17 as 16+1)" in message and "not independent" in message
+    assert "passes" not in message and "debug_dir" not in (info.value.hint or "")
+    rows = info.value.rows
+    assert {r.sizes["batch"] for r in rows if not r.passed} == {17}
+    assert all(r.passed for r in rows if r.sizes["batch"] <= 16), "every batch up to 16 is one padded call"
+    assert not (tmp_path / "out").exists()

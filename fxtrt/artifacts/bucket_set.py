@@ -39,8 +39,8 @@ from fxtrt.backend.buckets import (
     output_batch_axes,
     static_output_shapes,
 )
-from fxtrt.backend.verify import Tolerance
-from fxtrt.errors import ConfigError
+from fxtrt.backend.verify import Tolerance, VerifyRow, format_rows
+from fxtrt.errors import ConfigError, VerificationError
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.settings import BATCH_NAME, DynamicDim, Settings
 
@@ -251,6 +251,27 @@ class BucketSet(Artifact):
 
     def serves(self, sizes: Mapping[str, int]) -> bool:
         return sizes.get(BATCH_NAME, 1) >= 1 and in_ranges(sizes, self.others)
+
+    def check(self, rows: Sequence[VerifyRow], divergence: Any = None) -> None:
+        """A bucket set that fails only where a batch is served in chunks fails because of the
+        chunking: the model's samples are not independent (a statistic over the batch, or an
+        output that depends on a sample's position). Say that, not that a pass broke it."""
+        bad = [r for r in rows if not r.passed]
+        if not bad:
+            return
+        chunked = sorted({r.sizes[BATCH_NAME] for r in bad if len(self.server.plan(r.sizes[BATCH_NAME])) > 1})
+        if len(chunked) == len({r.sizes[BATCH_NAME] for r in bad}):
+            how = ", ".join(f"{n} as {self.server.describe(n)}" for n in chunked)
+            raise VerificationError(
+                f"the bucket set matches the model at every batch it serves in one call, but not where a batch "
+                f"is split into chunks ({how}): this model's samples are not independent, so serving a batch "
+                f"in pieces changes its outputs (|a-b| <= {self.tolerance.atol:g} + {self.tolerance.rtol:g}*|ref|):"
+                f"\n{format_rows(rows)}",
+                rows=list(rows),
+                hint=f"serve at most {self.buckets[-1]} samples per call, or add a bucket as large as the largest "
+                     "batch you serve",
+            )
+        super().check(rows, divergence)
 
     def describe(self, sizes: Mapping[str, int]) -> str:
         return f"served as {self.server.describe(sizes[BATCH_NAME])}"
