@@ -185,8 +185,11 @@ def raise_on_failure(rows: Sequence[VerifyRow], atol: float, rtol: float, diverg
         where = f"\n{divergence.describe()}"
         hint = "the ONNX model diverges from the FX graph it was emitted from at that node"
     else:
-        where = "\nno ONNX value differs from the FX graph: the passes changed the numerics"
-        hint = "run with debug_dir=... to find the pass that broke it, or relax atol/rtol if the error is rounding"
+        # ONNX == FX graph and ONNX != model: the FX graph itself differs from the model there.
+        where = ("\nno ONNX value differs from the FX graph it was emitted from, so that graph already differs "
+                 "from the model at these sizes (the capture or a pass changed it)")
+        hint = ("run with debug_dir=... to compare the graph with the model after capture and after each pass, "
+                "or relax atol/rtol if the error is rounding")
     raise VerificationError(
         f"the ONNX model does not match the original at {len(bad)} of {len(rows)} (size, output) checks "
         f"(|a-b| <= {atol:g} + {rtol:g}*|ref|):\n{format_rows(rows)}{where}",
