@@ -6,7 +6,7 @@ the worst error and the count of values that overflowed kept per output.
 Example::
 
     figs = output_figures(["y"], [run_onnx(model, feed)], [reference], atol=1e-2, rtol=1e-2)
-    print(format_figures(figs))
+    log.info("%s", format_figures(figs))
 """
 from __future__ import annotations
 
