@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="compile a model to ONNX and verify it")
-    c.add_argument("spec", help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
+    c.add_argument("spec", help="the model, built offline with random weights: torchvision:NAME, timm:NAME[:JSON kwargs], "
+                   "transformers:CLASS[:JSON config overrides] (e.g. transformers:BertModel:'{\"num_hidden_layers\":2}'), "
+                   "ultralytics:FILE.yaml (e.g. yolov8n.yaml), package.module:factory or path/to/file.py:factory")
     c.add_argument("--input", action="append", required=True, metavar="[NAME=]SHAPE[:DTYPE]",
                    help="an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs; "
                         "NAME= passes it by keyword (input_ids=1x16:int64), and an int *mask is all ones")
@@ -101,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--fp16-rtol", type=float, default=1e-2)
 
     e = sub.add_parser("explain", help="list what would break a dynamic export, with source lines; emit nothing")
-    e.add_argument("spec", help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
+    e.add_argument("spec", help="the model, built offline with random weights: torchvision:NAME, timm:NAME[:JSON kwargs], "
+                   "transformers:CLASS[:JSON config overrides] (e.g. transformers:BertModel:'{\"num_hidden_layers\":2}'), "
+                   "ultralytics:FILE.yaml (e.g. yolov8n.yaml), package.module:factory or path/to/file.py:factory")
     e.add_argument("--input", action="append", required=True, metavar="SHAPE[:DTYPE]")
     e.add_argument("--batch", default="1:8:32")
     e.add_argument("--batch-dims")

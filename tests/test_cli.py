@@ -4,6 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
+import pytest
+
 from tests import seed_models as sm
 
 SEED_FILE = str(Path(sm.__file__).resolve())
@@ -107,3 +110,24 @@ def test_named_inputs_compile_a_keyword_model(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["input_names"] == ["input_ids", "attention_mask"]
     assert {d["name"] for d in report["settings"]["dims"]} == {"batch", "seq"}
+
+
+
+@pytest.mark.parametrize("spec", ["timm:resnet18", "ultralytics:yolov8n.yaml"])
+def test_library_specs_compile_from_the_command_line(tmp_path, spec):
+    """timm and ultralytics models by name, no user code: random weights, offline."""
+    out = tmp_path / "out"
+    proc = fxtrt("compile", spec, "--input", "1x3x64x64", "--batch", "1:4:8", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "report.json").read_text())["verified"] is True
+
+
+def test_transformers_spec_with_named_inputs(tmp_path):
+    out = tmp_path / "out"
+    spec = 'transformers:BertModel:{"num_hidden_layers":1,"hidden_size":32,"num_attention_heads":2,"intermediate_size":64}'
+    proc = fxtrt("compile", spec, "--input", "input_ids=1x8:int64", "--input", "attention_mask=1x8:int64",
+                 "--batch", "1:4:8", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.output] == ["last_hidden_state", "pooler_output"]

@@ -28,7 +28,7 @@ from fxtrt.errors import EmitError, GeneralizationError
 from fxtrt.frontend.capture import CapturedGraph, Program
 from fxtrt.frontend.export import dynamic_shapes, torch_dims
 from fxtrt.frontend.guards import check_deferred_asserts
-from fxtrt.frontend.source import location_of_traceback
+from fxtrt.frontend.source import location_of_traceback, source_of
 from fxtrt.settings import DynamicDim
 
 log = logging.getLogger(__name__)
@@ -175,14 +175,73 @@ def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[
                 optimize=True, verbose=False, external_data=True,
             )
     except Exception as exc:
-        raise EmitError(
-            f"torch.onnx could not translate the graph to ONNX: {type(exc).__name__}: "
-            f"{(str(exc).strip().splitlines() or [''])[0]}",
-            hint="an op may lack an ONNX translation at this opset; try opset=18",
-        ) from exc
+        raise translation_error(exc, ep, max(opset, EXPORTER_OPSET)) from exc
     model = convert_opset(program.model_proto, opset)
     _name_dims(model, dims, captured.input_names)
     return Emitted(model, notes)
+
+
+# torch.onnx's error text: the op it found no translation for, and the FX node it was translating.
+_NO_FUNCTION = re.compile(r"No ONNX function found for <OpOverload\(op='(?P<op>[\w.]+)', overload='(?P<overload>\w+)'\)>"
+                          r"(?:\. Failure message: (?P<why>[^\n]*))?")
+_FAILED_NODE = re.compile(r"Error when translating node %(?P<node>\w+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def translation_error(exc: Exception, ep: torch.export.ExportedProgram, opset: int) -> EmitError:
+    """torch.onnx's failure as an EmitError that names the torch op and the user's line.
+
+    torch.onnx words a missing translation as a multi-paragraph ConversionError whose first line
+    is generic; the op and the FX node are named in its summary.
+    """
+    text = _ANSI.sub("", str(exc))
+    missing = _NO_FUNCTION.search(text)
+    failed = _FAILED_NODE.search(text)
+    target = f"{missing['op']}.{missing['overload']}" if missing else None
+    node = _graph_node(ep, failed["node"] if failed else None, target, opset)
+    source = source_of(node) if node is not None else None
+    if missing:
+        why = f" ({missing['why'].strip().rstrip('.')})" if missing["why"] else ""
+        return EmitError(
+            f"torch.onnx has no ONNX translation of {target} at opset {opset}{why}",
+            node=node.name if node is not None else (failed["node"] if failed else None), source=source,
+            hint="rewrite that line with torch ops torch.onnx translates, or keep it out of the compiled model",
+        )
+    summary = [ln.strip() for ln in text.splitlines() if ln.startswith("<class ")]
+    detail = summary[0] if summary else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return EmitError(
+        f"torch.onnx could not translate the graph to ONNX: {type(exc).__name__}: {detail}",
+        node=failed["node"] if failed else None, source=source,
+        hint="please report this with the model",
+    )
+
+
+def _graph_node(ep: torch.export.ExportedProgram, name: str | None, target: str | None,
+                opset: int) -> torch.fx.Node | None:
+    """The FX node torch.onnx failed on, by name or else the first node calling ``target``.
+
+    torch.onnx translates a copy of the program decomposed with its own registry (``special_zeta``
+    becomes ``prims.zeta``), so a node missing from ``ep`` is looked for again after the same
+    decompositions, whose nodes keep their ``stack_trace``. That goes through torch.onnx's private
+    helpers and runs only on this failure path; if they change, only the source line is lost.
+    """
+    def find(graph: torch.fx.Graph) -> torch.fx.Node | None:
+        nodes = [n for n in graph.nodes if n.op == "call_function"]
+        if target is not None:  # a name alone may belong to another op in this copy of the graph
+            nodes = [n for n in nodes if str(n.target) == target]
+            return next((n for n in nodes if n.name == name), nodes[0] if nodes else None)
+        return next((n for n in nodes if n.name == name), None)
+
+    found = find(ep.graph)
+    if found is None and (name or target):
+        try:
+            from torch.onnx._internal.exporter import _fx_passes, _registration
+
+            registry = _registration.ONNXRegistry.from_torchlib(opset)
+            found = find(_fx_passes.decompose_with_registry(ep, registry).graph)
+        except Exception:  # noqa: BLE001 - the error is reported without its source line
+            log.debug("could not decompose the program as torch.onnx does to find %s", name or target, exc_info=True)
+    return found
 
 
 @contextlib.contextmanager

@@ -5,11 +5,15 @@ torch.onnx emits opset 18 at the lowest. Its own down-conversion, and ONNX's ver
 torch.onnx then silently keeps opset 18. The step 18→17 is small and is done here: Reduce ops
 take ``axes`` as an attribute again, Split loses ``num_outputs``, and opset-18-only features are
 refused with the node's name. Below 17, ONNX's converter takes over (its adapters exist there).
+An op newer than the requested opset (Col2Im, from 18) is refused first, naming the lowest opset
+that has it and the user's line that made it.
 
 Before (18):  ReduceMean(x, axes=Constant([2, 3]))       Split(x, num_outputs=2)
 After  (17):  ReduceMean(x) {axes=[2, 3]}                Split(x)   (equal parts, as in opset 13)
 """
 from __future__ import annotations
+
+import re
 
 import onnx
 import onnx.numpy_helper
@@ -35,6 +39,7 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         return model
     if current != 18 or opset > 18:
         raise EmitError(f"cannot convert an opset-{current} model to opset {opset}")
+    _check_ops_exist(model, opset)
     model = _down_18_to_17(model)
     if opset < 17:
         try:
@@ -52,6 +57,46 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return model
 
 
+def lowest_opset(op_type: str, domain: str = "") -> int | None:
+    """The first opset of ``domain`` that defines ``op_type``; None when no opset does."""
+    try:
+        schema = onnx.defs.get_schema(op_type, onnx.defs.onnx_opset_version(), domain)
+    except onnx.defs.SchemaError:
+        return None
+    while schema.since_version > 1:
+        try:
+            schema = onnx.defs.get_schema(op_type, schema.since_version - 1, domain)
+        except onnx.defs.SchemaError:
+            break
+    return schema.since_version
+
+
+def _aten_op(node: onnx.NodeProto) -> str | None:
+    """The torch op torch.onnx translated into ``node`` (``aten.col2im.default``), from its metadata."""
+    fx = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.fx_node"), "")
+    found = re.search(r"target=torch\.ops\.([\w.]+)", fx)
+    return found.group(1) if found else None
+
+
+def _check_ops_exist(model: onnx.ModelProto, opset: int) -> None:
+    """Refuse an op that the requested opset does not have, before any conversion runs: ONNX's
+    converter would fail on it later with a message about adapters, not about the op."""
+    from fxtrt.backend.cleanup import onnx_node_source  # cleanup imports emit, which imports this module
+
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        since = lowest_opset(node.op_type)
+        if since is not None and since > opset:
+            aten = _aten_op(node)
+            raise EmitError(
+                f"{node.op_type}{f' (from {aten})' if aten else ''} has no ONNX form before opset {since}, "
+                f"and opset {opset} was requested",
+                node=node.name, source=onnx_node_source(node),
+                hint=f"compile with opset={since} (fxtrt compile --opset {since})",
+            )
+
+
 def _down_18_to_17(src: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(src)
@@ -61,27 +106,34 @@ def _down_18_to_17(src: onnx.ModelProto) -> onnx.ModelProto:
         if node.domain not in ("", "ai.onnx"):
             continue
         try:
-            onnx.defs.get_schema(node.op_type, 17)
-        except onnx.defs.SchemaError:
-            raise EmitError(f"{node.name}: {node.op_type} does not exist before opset 18",
-                            node=node.name, hint="use opset=18") from None
-        if node.op_type in REDUCE_18:
-            _reduce_axes_to_attribute(node, consts)
-        elif node.op_type == "Split":
-            _split_without_num_outputs(node, shapes)
-        elif node.op_type == "Resize":
-            _require_defaults(node, {"antialias": 0, "keep_aspect_ratio_policy": b"stretch"}, forbid=("axes",))
-        elif node.op_type in ("ScatterElements", "ScatterND"):
-            red = next((a.s for a in node.attribute if a.name == "reduction"), b"none")
-            if red in (b"max", b"min"):
-                raise EmitError(f"{node.name}: {node.op_type} reduction={red.decode()} needs opset 18",
-                                node=node.name, hint="use opset=18")
-        elif node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
-            raise EmitError(f"{node.name}: Pad with an axes input needs opset 18", node=node.name, hint="use opset=18")
+            _node_down_18_to_17(node, consts, shapes)
+        except EmitError as exc:
+            if exc.source is not None:
+                raise
+            from fxtrt.backend.cleanup import onnx_node_source
+
+            raise EmitError(exc.message, node=exc.node, source=onnx_node_source(node), hint=exc.hint) from None
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             o.version = 17
     return model
+
+
+def _node_down_18_to_17(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto],
+                        shapes: dict[str, list[int | None]]) -> None:
+    if node.op_type in REDUCE_18:
+        _reduce_axes_to_attribute(node, consts)
+    elif node.op_type == "Split":
+        _split_without_num_outputs(node, shapes)
+    elif node.op_type == "Resize":
+        _require_defaults(node, {"antialias": 0, "keep_aspect_ratio_policy": b"stretch"}, forbid=("axes",))
+    elif node.op_type in ("ScatterElements", "ScatterND"):
+        red = next((a.s for a in node.attribute if a.name == "reduction"), b"none")
+        if red in (b"max", b"min"):
+            raise EmitError(f"{node.name}: {node.op_type} reduction={red.decode()} needs opset 18",
+                            node=node.name, hint="use opset=18")
+    elif node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
+        raise EmitError(f"{node.name}: Pad with an axes input needs opset 18", node=node.name, hint="use opset=18")
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:

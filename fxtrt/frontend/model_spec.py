@@ -1,15 +1,27 @@
 """Build a model and example inputs from command-line text.
 
-``torchvision:resnet50`` (random weights: nothing is downloaded), ``package.module:factory`` or
-``path/to/file.py:factory``; inputs like ``1x3x224x224`` or ``1x16:int64``.
+Model specs, all offline with random weights (nothing is downloaded):
+
+- ``torchvision:resnet50``
+- ``timm:resnet18`` or ``timm:volo_d1_224:{"img_size": 64}`` (JSON: keyword arguments of ``create_model``)
+- ``transformers:BertModel`` or ``transformers:BertModel:{"num_hidden_layers": 2}`` (JSON: config overrides)
+- ``ultralytics:yolov8n.yaml`` (the task's model class, chosen from the yaml)
+- ``package.module:factory`` or ``path/to/file.py:factory``
+
+Inputs look like ``1x3x224x224`` or ``1x16:int64``.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
 
 import torch
 
@@ -21,22 +33,24 @@ DTYPES = {
     "float32": torch.float32, "float": torch.float32, "float64": torch.float64, "float16": torch.float16,
     "int64": torch.int64, "long": torch.int64, "int32": torch.int32, "bool": torch.bool,
 }
+SPEC_FORMS = ("torchvision:NAME", "timm:NAME[:JSON]", "transformers:CLASS[:JSON]", "ultralytics:FILE.yaml",
+              "package.module:factory", "path/to/file.py:factory")
+# The optional extra that brings each model library (see pyproject.toml).
+EXTRA = "fxtrt[bench]"
 
 
 def load_model(spec: str) -> torch.nn.Module:
     """The module named by ``spec``, in eval mode."""
-    source, sep, attr = spec.rpartition(":")
-    if not sep or not source or not attr:
-        raise ConfigError(f"model spec {spec!r} must look like torchvision:NAME, package.module:factory or file.py:factory")
-    if source == "torchvision":
-        import torchvision
-
-        try:
-            model = torchvision.models.get_model(attr, weights=None)
-        except ValueError as exc:
-            raise ConfigError(f"torchvision has no model {attr!r}", hint="see torchvision.models.list_models()") from exc
-        _fill_zero_parameters(model, spec)
+    prefix, sep, rest = spec.partition(":")
+    library = _LIBRARIES.get(prefix)
+    if library is not None:
+        if not rest:
+            raise ConfigError(f"model spec {spec!r} names no model; expected one of {', '.join(SPEC_FORMS)}")
+        model = library(rest, spec)
     else:
+        source, sep, attr = spec.rpartition(":")
+        if not sep or not source or not attr:
+            raise ConfigError(f"model spec {spec!r} must look like one of {', '.join(SPEC_FORMS)}")
         module = _import(source)
         factory = getattr(module, attr, None)
         if factory is None:
@@ -45,6 +59,117 @@ def load_model(spec: str) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"{spec} did not give a torch.nn.Module but a {type(model).__name__}")
     return model.eval()
+
+
+def _library(name: str) -> ModuleType:
+    """The optional model library ``name``, or a one-line ConfigError saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != name:
+            raise ConfigError(f"{name} is installed but cannot be imported: {exc}") from exc
+        raise ConfigError(f"{name} is not installed: pip install '{EXTRA}'") from exc
+
+
+def _json_object(text: str, spec: str, what: str) -> dict[str, Any]:
+    """The JSON after a spec's name; the text itself holds ':' so it is everything after the name."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model spec {spec!r}: {what} are not valid JSON ({exc.msg} at char {exc.pos}): {text}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"model spec {spec!r}: {what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _torchvision_model(name: str, spec: str) -> torch.nn.Module:
+    torchvision = _library("torchvision")
+    try:
+        model = torchvision.models.get_model(name, weights=None)
+    except ValueError as exc:
+        raise ConfigError(f"torchvision has no model {name!r}", hint="see torchvision.models.list_models()") from exc
+    _fill_zero_parameters(model, spec)
+    return model
+
+
+def _timm_model(rest: str, spec: str) -> torch.nn.Module:
+    """``timm.create_model(NAME, pretrained=False, **JSON)``."""
+    name, _, text = rest.partition(":")
+    kwargs = _json_object(text, spec, "the keyword arguments of timm.create_model")
+    timm = _library("timm")
+    if not timm.is_model(name):
+        raise ConfigError(f"timm has no model {name!r}", hint="see timm.list_models()")
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"timm could not build {name} with {kwargs}: {type(exc).__name__}: {exc}") from exc
+    _fill_zero_parameters(model, spec)
+    return model
+
+
+def _transformers_model(rest: str, spec: str) -> torch.nn.Module:
+    """The class's own config class with its defaults plus the JSON's overrides, randomly initialised."""
+    class_name, _, text = rest.partition(":")
+    overrides = _json_object(text, spec, "the config overrides")
+    transformers = _library("transformers")
+    try:
+        cls = getattr(transformers, class_name)
+    except (AttributeError, ImportError) as exc:
+        raise ConfigError(f"transformers has no class {class_name!r}",
+                          hint="give a model class such as BertModel or GPT2LMHeadModel") from exc
+    config_class = getattr(cls, "config_class", None)
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel) or config_class is None:
+        raise ConfigError(f"transformers.{class_name} is not a model class with a config class",
+                          hint="give a model class such as BertModel or GPT2LMHeadModel")
+    defaults = config_class()
+    # transformers keeps unknown keyword arguments as attributes: a typo would be silently ignored.
+    unknown = [k for k in overrides if not hasattr(defaults, k)]
+    if unknown:
+        raise ConfigError(f"{config_class.__name__} has no attribute {', '.join(map(repr, unknown))} "
+                          f"(config overrides of {spec!r})")
+    try:
+        config = config_class(**overrides)
+        model = cls(config)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"transformers could not build {class_name} with {overrides}: {type(exc).__name__}: {exc}") from exc
+    _fill_zero_parameters(model, spec)
+    return model
+
+
+def _ultralytics_model(path: str, spec: str) -> torch.nn.Module:
+    """The model class of the yaml's task (detect, segment, pose, classify, obb, ...), untrained."""
+    if Path(path).suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"model spec {spec!r}: ultralytics models are built from a yaml such as yolov8n.yaml",
+                          hint="a .pt file holds trained weights; fxtrt builds from the yaml, offline")
+    # ultralytics writes a settings file on import, to YOLO_CONFIG_DIR or the user's config dir.
+    os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "fxtrt-ultralytics"))
+    _library("ultralytics")
+    from ultralytics.nn import tasks
+
+    try:
+        cfg = tasks.yaml_model_load(path)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"ultralytics has no model yaml {path!r}: {exc}") from exc
+    task = tasks.guess_model_task(cfg)
+    model_class = getattr(tasks, _ULTRALYTICS_TASKS.get(task, ""), None)
+    if model_class is None:
+        raise ConfigError(f"model spec {spec!r}: ultralytics task {task!r} has no model class fxtrt knows",
+                          hint=f"tasks: {', '.join(sorted(_ULTRALYTICS_TASKS))}")
+    log.info("%s: %s task, %s", spec, task, model_class.__name__)
+    return model_class(cfg, verbose=False)
+
+
+_ULTRALYTICS_TASKS = {
+    "detect": "DetectionModel", "segment": "SegmentationModel", "pose": "PoseModel",
+    "classify": "ClassificationModel", "obb": "OBBModel", "semantic": "SemanticSegmentationModel",
+    "depth": "DepthModel",
+}
+_LIBRARIES: dict[str, Callable[[str, str], torch.nn.Module]] = {
+    "torchvision": _torchvision_model, "timm": _timm_model, "transformers": _transformers_model,
+    "ultralytics": _ultralytics_model,
+}
 
 
 def _fill_zero_parameters(model: torch.nn.Module, spec: str) -> None:
