@@ -28,10 +28,11 @@ from polygraphy.backend.base import BaseRunner
 from fxtrt.artifacts.base import Artifact
 from fxtrt.artifacts.bucket_set import BucketSet
 from fxtrt.artifacts.onnx_model import OnnxModel, onnx_file
-from fxtrt.backend.cleanup import onnx_node_source, save_onnx
+from fxtrt.backend.cleanup import save_onnx
 from fxtrt.backend.fp16 import DEFAULT_FP32_OPS, Fp16Result, KeptNode, convert_to_fp16, repair_fp16
 from fxtrt.backend.verify import ReferenceRunner, Tolerance, VerifyRow, format_rows
 from fxtrt.errors import PrecisionError
+from fxtrt.frontend.source import onnx_node_source
 from fxtrt.settings import Settings
 
 log = logging.getLogger(__name__)

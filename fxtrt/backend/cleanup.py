@@ -103,15 +103,6 @@ def save_onnx(model: onnx.ModelProto, path: Path, threshold: int = PROTOBUF_LIMI
         onnx.save_model(model, str(path))
 
 
-def onnx_node_source(node: onnx.NodeProto) -> str | None:
-    """The user's ``file:line`` for an ONNX node emitted by torch.onnx, from its metadata."""
-    from fxtrt.frontend.source import location_of_trace
-
-    trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
-    loc = location_of_trace(trace)
-    return str(loc) if loc else None
-
-
 def check_dynamic_dims(model: onnx.ModelProto, captured: CapturedGraph, settings: Settings) -> None:
     """Every output dim that follows a dynamic dim in the capture must be symbolic in the ONNX model,
     and every input dim must carry its dynamic dim's name."""

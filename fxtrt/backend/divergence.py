@@ -19,11 +19,10 @@ import onnx
 import torch
 import torch.fx
 
-from fxtrt.backend.cleanup import onnx_node_source
 from fxtrt.backend.verify import verification_points
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.frontend.inputs import inputs_at
-from fxtrt.frontend.source import source_of
+from fxtrt.frontend.source import onnx_node_source, source_of
 from fxtrt.graph import node_values
 from fxtrt.settings import Settings
 

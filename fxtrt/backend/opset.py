@@ -20,6 +20,7 @@ import onnx.numpy_helper
 import onnx.version_converter
 
 from fxtrt.errors import EmitError
+from fxtrt.frontend.source import onnx_node_source
 
 # Reduce ops whose `axes` moved from attribute to input in opset 18 (ReduceSum moved in 13).
 REDUCE_18 = frozenset({
@@ -81,8 +82,6 @@ def _aten_op(node: onnx.NodeProto) -> str | None:
 def _check_ops_exist(model: onnx.ModelProto, opset: int) -> None:
     """Refuse an op that the requested opset does not have, before any conversion runs: ONNX's
     converter would fail on it later with a message about adapters, not about the op."""
-    from fxtrt.backend.cleanup import onnx_node_source  # cleanup imports emit, which imports this module
-
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
             continue
@@ -110,8 +109,6 @@ def _down_18_to_17(src: onnx.ModelProto) -> onnx.ModelProto:
         except EmitError as exc:
             if exc.source is not None:
                 raise
-            from fxtrt.backend.cleanup import onnx_node_source
-
             raise EmitError(exc.message, node=exc.node, source=onnx_node_source(node), hint=exc.hint) from None
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):

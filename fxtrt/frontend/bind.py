@@ -114,7 +114,8 @@ def _signature_order(model: torch.nn.Module, keys: Sequence[str]) -> list[str]:
         params = list(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
         params = []
-    return sorted(keys, key=lambda k: (params.index(k) if k in params else len(params), list(keys).index(k)))
+    # sorted() is stable: keys forward does not name keep the order they were given in
+    return sorted(keys, key=lambda k: params.index(k) if k in params else len(params))
 
 
 def _check_keywords(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> None:

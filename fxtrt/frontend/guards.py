@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -108,10 +109,7 @@ def check_deferred_asserts(ep: torch.export.ExportedProgram, dims: Sequence[Dyna
             skipped += 1
             continue
         ranges = [_values(*symbols[s]) for s in free]
-        total = 1
-        for r in ranges:
-            total *= len(r)
-        if total > MAX_POINTS:
+        if math.prod(len(r) for r in ranges) > MAX_POINTS:
             exhaustive = False
             per = max(2, int(MAX_POINTS ** (1 / len(ranges))))
             ranges = [r if len(r) <= per else [r[k * (len(r) - 1) // (per - 1)] for k in range(per)] for r in ranges]
@@ -143,10 +141,7 @@ def _low_end(failed: list[tuple[int, ...]], ranges: list[Any]) -> tuple[int, int
         if not above:
             continue
         below = sum(1 for v in values if v < above[0])
-        others = 1
-        for j, r in enumerate(ranges):
-            if j != axis:
-                others *= len(r)
+        others = math.prod(len(r) for j, r in enumerate(ranges) if j != axis)
         if below * others == len(failed):
             return axis, above[0]
     return None

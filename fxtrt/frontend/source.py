@@ -12,6 +12,7 @@ import os
 import re
 import traceback
 from dataclasses import dataclass
+from typing import Any
 from types import TracebackType
 
 import torch.fx
@@ -103,3 +104,11 @@ def module_path_of(node: torch.fx.Node) -> str | None:
         return None
     path = list(stack.values())[-1][0]
     return path or None
+
+
+def onnx_node_source(node: Any) -> str | None:
+    """The user's ``file:line`` for an ONNX node (``onnx.NodeProto``) emitted by torch.onnx, from
+    the stack trace torch.onnx records in its metadata."""
+    trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
+    loc = location_of_trace(trace)
+    return str(loc) if loc else None
