@@ -3,7 +3,8 @@
 The pipeline is ``frontend`` (torch.export capture) → ``passes`` (graph rewrites) → ``backend``
 (ONNX emission, cleanup, verification) → ``Report``.
 """
-from fxtrt.api import CompiledModel, compile, onnx_export
+from fxtrt.api import CompiledModel, compile
+from fxtrt.onnx_export import onnx_export
 from fxtrt.errors import (
     CaptureError,
     ConfigError,

@@ -6,6 +6,7 @@ is checked is its own business (:mod:`fxtrt.artifacts`); this module only orders
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -18,6 +19,7 @@ from fxtrt.artifacts.compiled_model import CompiledModel
 from fxtrt.artifacts.onnx_model import MODEL_FILE, bucket_file
 from fxtrt.backend.buckets import fallback
 from fxtrt.backend.cleanup import check_dynamic_dims, cleanup, save_onnx
+from fxtrt.backend.divergence import graph_verdict
 from fxtrt.backend.divergence import trace_divergence as first_divergence  # and a trace_divergence= one
 from fxtrt.backend.emit import dim_names, emit_onnx
 from fxtrt.backend.verify import ReferenceRunner, VerifyRow
@@ -25,7 +27,7 @@ from fxtrt.backend.verify import verify as verify_artifact  # compile() has a ve
 from fxtrt.debug import PassDebugger
 from fxtrt.errors import ConfigError, StructureError
 from fxtrt.frontend.bind import bind, resolve_dims
-from fxtrt.frontend.capture import CapturedGraph, capture
+from fxtrt.frontend.capture import CapturedGraph, capture, check_hole_runs
 from fxtrt.frontend.inputs import inputs_at
 from fxtrt.frontend.state import ModuleState
 from fxtrt.passes import PassContext, resolve, run_passes
@@ -72,9 +74,11 @@ def compile(
     layer-wise ONNX-vs-FX comparison even when verification passes; it always runs on failure.
 
     ``buckets=(1, 4, 8, 16)`` compiles one static-batch model per size instead of one dynamic
-    model (``batch`` must then be left at its default or None); the result serves any batch.
-    This also happens by itself, with default buckets from ``batch``, when the graph's structure
-    depends on the batch size (a loop over the samples); ``report.stages["buckets"]`` says why.
+    model (``batch`` must then be left at its default or None). This also happens by itself, with
+    default buckets from ``batch``, when the graph's structure depends on the batch size (a loop
+    over the samples); ``report.stages["buckets"]`` says why. A batch up to the largest bucket is
+    one call padded to the smallest bucket that holds it; larger batches are served in chunks
+    unless verification shows chunks change the outputs (then they are a ``ConfigError``).
 
     ``precision="fp16"`` adds ``model_fp16.onnx``: float16 except numerically sensitive ops and
     the nodes the automatic repair keeps in float32, verified against the model within
@@ -105,8 +109,8 @@ def compile(
         if settings.verify:
             with report.timed("verify", 5, total):
                 rows = verify_artifact(artifact, reference, artifact.points, artifact.tolerance)
-            divergence = _divergence(rows, report, settings, gm, artifact, captured, total) if gm is not None else None
-            _check(artifact, rows, report, divergence)
+            divergence = _divergence(rows, report, settings, gm, artifact, captured, total, model) if gm is not None else None
+            artifact = _check(artifact, rows, report, divergence)
         else:
             report.notes.append("verification was skipped (verify=False): nothing checks this model against the original")
 
@@ -116,7 +120,7 @@ def compile(
                 artifact = Fp16Model.convert(artifact, reference if settings.verify else None, stage.path, settings)
                 report.add(artifact)
                 if settings.verify:
-                    _check(artifact, verify_artifact(artifact, reference, artifact.points, artifact.tolerance), report)
+                    artifact = _check(artifact, verify_artifact(artifact, reference, artifact.points, artifact.tolerance), report)
             step += 1
         engines: EngineSet | None = None
         if settings.target == "tensorrt":
@@ -134,20 +138,25 @@ def compile(
                          engines=engines.moved_to(stage.final) if engines is not None else None)
 
 
-def _check(artifact: Artifact, rows: list[VerifyRow], report: Report, divergence: Any = None) -> None:
-    """The rows into the report, then the artifact's own error if one of them failed."""
+def _check(artifact: Artifact, rows: list[VerifyRow], report: Report, divergence: Any = None) -> Artifact:
+    """The artifact as the rows leave it (it may serve less), its rows in the report, its error if one failed."""
+    artifact, rows = artifact.settle(rows)
+    report.add(artifact)
     report.verification += rows
     artifact.check(rows, divergence)
+    return artifact
 
 
 def _divergence(rows: list[VerifyRow], report: Report, settings: Settings, gm: torch.fx.GraphModule,
-                artifact: Artifact, captured: CapturedGraph, total: int) -> Any:
+                artifact: Artifact, captured: CapturedGraph, total: int, model: torch.nn.Module) -> Any:
     """Where the ONNX model first leaves the FX graph it was emitted from: on failure, or when asked."""
     failed = next((r for r in rows if not r.passed), None)
     if failed is None and not settings.trace_divergence:
         return None
     with report.timed("trace_divergence", total, total):
         divergence = first_divergence(gm, artifact.primary, captured, settings, failed.sizes if failed else None)
+        if divergence is None and failed is not None:  # then the FX graph differs: which stage made it
+            divergence = graph_verdict(model, gm, captured, settings, failed.sizes)
     report.stages["divergence"] = divergence.to_dict() if divergence else {"result": "no ONNX value differs from the FX graph"}
     return divergence
 
@@ -206,7 +215,9 @@ def _lower(
         observer = None
         if settings.debug_dir is not None and not label:
             observer = PassDebugger(settings.debug_dir, model, captured, settings)
+        pristine = _copy(captured.base.gm) if not label else None
         gm, report.passes = run_passes(captured.base.gm, PassContext(settings, captured), pipeline, observer)
+        captured = dataclasses.replace(captured, pristine=pristine)
 
     if not label:
         report.stages["capture"] = capture_stage(captured, report.passes)
@@ -214,6 +225,9 @@ def _lower(
     with report.timed("emit", 3, total, label):
         emitted = emit_onnx(gm, captured, settings.dims, settings.opset)
         report.note(emitted.notes)
+        for hole in emitted.holes:  # facts the re-export assumed: verified where they fail, if the model runs there
+            check_hole_runs(model, inputs, settings.dims, hole)
+        captured = dataclasses.replace(captured, holes=captured.holes + emitted.holes)
 
     with report.timed("cleanup", 4, total, label):
         cleaned = cleanup(emitted.model, size_limit=settings.external_data_threshold)
@@ -225,25 +239,9 @@ def _lower(
     return captured, gm
 
 
-def onnx_export(model: torch.nn.Module, onnx_path: str | Path, input: torch.Tensor | None = None, opset: int = 17) -> Path:
-    """The seed's helper (torchpipe.utils.models.onnx_export): dynamic batch, simplified, verified.
-
-    The default input is ``torch.randn(1, 3, 224, 224)``; the ONNX model lands at ``onnx_path``.
-    """
-    import os
-    import shutil
-    import tempfile
-
-    path = Path(onnx_path)
-    if input is None:
-        input = torch.randn(1, 3, 224, 224)
-    with tempfile.TemporaryDirectory(prefix=".fxtrt-export-", dir=path.parent if path.parent.exists() else None) as tmp:
-        compiled = compile(model, input, batch=(1, 8, 32), opset=opset, out_dir=Path(tmp) / "out")
-        if compiled.buckets is not None:  # the helper promises one dynamic-batch model
-            why = compiled.report.stages["buckets"]
-            raise StructureError(why["why"], node=why.get("node"), source=why.get("source"),
-                                 hint="use fxtrt.compile(...), which serves this model as a static-batch bucket set")
-        for extra in compiled.onnx_path.parent.glob(MODEL_FILE + ".data"):
-            shutil.move(str(extra), str(path.parent / extra.name))
-        os.replace(compiled.onnx_path, path)
-    return path
+def _copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule | None:
+    """The graph as captured, for the verdict on a failure (the passes rewrite it in place)."""
+    try:
+        return copy.deepcopy(gm)
+    except Exception:  # a graph that can't be copied gets no verdict on which stage failed
+        return None

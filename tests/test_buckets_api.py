@@ -155,14 +155,44 @@ class PositionDependent(torch.nn.Module):
         return torch.stack([self.fc(img) * (i % 3 + 1) for i, img in enumerate(x)])
 
 
-def test_a_position_dependent_loop_is_served_in_one_padded_call_and_chunking_is_named(tmp_path):
+def test_a_position_dependent_loop_is_served_in_one_padded_call_and_chunking_is_refused(tmp_path):
+    """issue 11's done-when: served correctly at 1, 3, 5, 8, 13, 16 by the automatic buckets of
+    (1, 8, 16); batch 17 would be chunks 16+1, which verification shows changes the outputs, so
+    the set serves at most 16 per call and says why."""
     model = PositionDependent().eval()
+    compiled = fxtrt.compile(model, torch.randn(1, 8), batch=(1, 8, 16), out_dir=tmp_path / "out")
+    assert compiled.buckets == (1, 4, 8, 16) and compiled.report.verified
+    assert {r.sizes["batch"] for r in compiled.report.verification} >= {1, 3, 4, 8, 16}
+    for n in (1, 3, 5, 8, 13, 16):
+        x = torch.randn(n, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-4)
+    chunking = compiled.report.stages["buckets"]["chunking"]
+    assert chunking["served"] is False and chunking["max_batch"] == 16
+    assert "17 as 16+1" in chunking["why"] and "not independent" in chunking["why"]
+    assert {r["sizes"]["batch"] for r in chunking["rows"]} == {17}
+    assert not all(r["passed"] for r in chunking["rows"])
+    assert any("batches above 16 are not served" in n for n in compiled.report.notes)
+    with pytest.raises(fxtrt.ConfigError, match="serves at most 16 samples per call.*17 as 16\\+1"):
+        compiled(torch.randn(17, 8))
+
+
+class BatchStatisticLoop(torch.nn.Module):
+    """A per-sample loop and a statistic over the batch: the padding rows change the statistic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return torch.stack([self.fc(img) for img in x]) - x.mean(0)[:4]
+
+
+def test_a_loop_with_a_batch_statistic_is_refused_naming_padding_not_passes(tmp_path):
     with pytest.raises(fxtrt.VerificationError) as info:
-        fxtrt.compile(model, torch.randn(1, 8), batch=(1, 8, 16), out_dir=tmp_path / "out")
+        fxtrt.compile(BatchStatisticLoop().eval(), torch.randn(1, 8), batch=(1, 8, 16), out_dir=tmp_path / "out")
     message = str(info.value)
-    assert "split into chunks (17 as 16+1)" in message and "not independent" in message
-    assert "passes" not in message and "debug_dir" not in (info.value.hint or "")
-    rows = info.value.rows
-    assert {r.sizes["batch"] for r in rows if not r.passed} == {17}
-    assert all(r.passed for r in rows if r.sizes["batch"] <= 16), "every batch up to 16 is one padded call"
+    assert "exactly a bucket (1, 4, 8, 16)" in message and "not independent" in message
+    assert "3 as 3->4" in message and "13 as 13->16" in message
+    assert "pass" not in message.replace("padded", "") and "debug_dir" not in (info.value.hint or "")
     assert not (tmp_path / "out").exists()

@@ -26,7 +26,8 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.datatype import DataType
 from polygraphy.logger import G_LOGGER
 
-from fxtrt.backend.verify import Tolerance, VerifyRow, raise_on_failure
+from fxtrt.backend.verify import Tolerance, VerifyRow, format_rows, raise_on_failure
+from fxtrt.errors import VerificationError
 
 
 class Artifact(abc.ABC):
@@ -42,6 +43,7 @@ class Artifact(abc.ABC):
     points: tuple[dict[str, int], ...]
     tolerance: Tolerance
     notes: tuple[str, ...] = ()
+    holes: tuple[Any, ...] = ()  # facts torch assumed that fail at some claimed sizes (frontend.guards.Hole)
 
     @property
     @abc.abstractmethod
@@ -82,8 +84,23 @@ class Artifact(abc.ABC):
         """The runners verification compares with the reference: the serving runner, by default."""
         return [self.runner()]
 
+    def settle(self, rows: Sequence[VerifyRow]) -> tuple["Artifact", list[VerifyRow]]:
+        """Before :meth:`check`: an artifact that can honestly serve less than it tried to (a bucket
+        set without chunks) returns that narrower self and the rows that remain claims; by default
+        it is what it is."""
+        return self, list(rows)
+
     def check(self, rows: Sequence[VerifyRow], divergence: Any = None) -> None:
-        """Raise this kind's error when a verification row failed."""
+        """Raise this kind's error when a verification row failed: where every failing size is one
+        at which a fact torch assumed fails, that assumption is the cause, and the error says so."""
+        bad = [r for r in rows if not r.passed]
+        hole = next((h for h in self.holes if bad and all(h.covers(r.sizes) for r in bad)), None)
+        if hole is not None:
+            raise VerificationError(
+                f"{hole.describe()}; there the artifact differs from the model, which takes another path at those "
+                f"sizes (|a-b| <= {self.tolerance.atol:g} + {self.tolerance.rtol:g}*|ref|):\n{format_rows(rows)}",
+                rows=list(rows), source=hole.source,
+                hint="give the dim a step, (min, opt, max, step), that skips those sizes, or narrow the range")
         raise_on_failure(rows, self.tolerance.atol, self.tolerance.rtol, divergence)
 
     def index(self) -> dict[str, Path]:

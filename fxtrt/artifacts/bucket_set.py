@@ -5,14 +5,16 @@ Serving a batch of ``n`` (:func:`split_batch`): greedily, a chunk of the largest
 smallest bucket, padded by repeating its last sample (so the padding holds values the model has
 already seen: valid token ids, masks, lengths). Each chunk's outputs are sliced back to its real
 samples and concatenated along the output's batch axis. Batches above the largest bucket are
-served too, in chunks of the largest bucket. This is only correct for models whose samples
-don't interact (no statistic over the batch); the verification at sizes between the buckets
-(:func:`~fxtrt.backend.buckets.bucket_verification_sizes`) is what shows it.
+served in chunks of the largest bucket; that is only correct for models whose samples don't
+interact, and verification at the largest bucket + 1 shows whether they do. When only the
+chunked sizes fail (an output that depends on a sample's position), the set is kept and serves
+at most its largest bucket per call (:meth:`BucketSet.settle`): a larger batch is a
+``ConfigError`` that says why.
 
 Example::
 
-    split_batch(13, (1, 4, 8, 16))   # [(8, 8), (4, 4), (1, 1)]: (samples, bucket) per chunk
-    split_batch(3, (4, 8))           # [(3, 4)]: 3 samples padded to a batch of 4
+    split_batch(13, (1, 4, 8, 16))   # [(13, 16)]: one call, 3 rows of padding
+    split_batch(37, (1, 4, 8, 16))   # [(16, 16), (16, 16), (5, 8)]: chunks above the largest
     buckets = BucketSet.compiled({1: Path("model_b1.onnx"), 4: ...}, captured, settings)
     buckets.describe({"batch": 13})  # "served as 13->16"
 """
@@ -46,8 +48,8 @@ from fxtrt.settings import BATCH_NAME, DynamicDim, Settings
 
 log = logging.getLogger(__name__)
 
-SERVING = ("greedy chunks of the largest bucket that fits; fewer samples than the smallest bucket "
-           "are padded to it by repeating the last sample; outputs sliced back and concatenated")
+SERVING = ("one call, padded to the smallest bucket that holds the batch by repeating the last sample; "
+           "above the largest bucket, chunks of it; outputs sliced back and concatenated")
 
 ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -93,6 +95,7 @@ class BucketServer:
         paths: Mapping[int, Path],
         batch_sites: Sequence[tuple[int, int]],
         output_axes: Sequence[int | None],
+        no_chunks: str | None = None,
     ) -> None:
         if not paths:
             raise ConfigError("a bucket set needs at least one model")
@@ -100,6 +103,7 @@ class BucketServer:
         self.buckets = tuple(self.paths)
         self.batch_sites = tuple(batch_sites)
         self.output_axes = tuple(output_axes)
+        self.no_chunks = no_chunks  # why batches above the largest bucket are not served, if they aren't
         self._sessions: dict[int, Any] = {}
 
     def session(self, bucket: int) -> Any:
@@ -118,7 +122,22 @@ class BucketServer:
         return sizes.pop()
 
     def plan(self, n: int) -> list[tuple[int, int]]:
+        if self.no_chunks is not None and n > self.buckets[-1]:
+            raise ConfigError(f"this bucket set serves at most {self.buckets[-1]} samples per call, got a batch of "
+                              f"{n}: {self.no_chunks}", hint=f"split the batch into calls of at most {self.buckets[-1]}")
         return split_batch(n, self.buckets)
+
+    def chunked(self, n: int) -> bool:
+        """Whether a batch of ``n`` is served in more than one call."""
+        return len(split_batch(n, self.buckets)) > 1
+
+    def describe_plan(self, n: int) -> str:
+        return "+".join(f"{take}" if take == bucket else f"{take}->{bucket}" for take, bucket in split_batch(n, self.buckets))
+
+    def again(self, paths: Mapping[int, Path] | None = None, no_chunks: str | None = None) -> "BucketServer":
+        """The same serving over other files (moved, fp16) or without chunks."""
+        return BucketServer(paths if paths is not None else self.paths, self.batch_sites, self.output_axes,
+                            no_chunks if no_chunks is not None else self.no_chunks)
 
     def run(self, inputs: Sequence[Any]) -> tuple[np.ndarray, ...]:
         """Chunk, pad, run, slice back and concatenate."""
@@ -159,7 +178,8 @@ class BucketServer:
 
     def describe(self, n: int) -> str:
         """``13->16`` (13 samples padded to 16) or ``16+16+5->8`` past the largest bucket: how ``n`` is served."""
-        return "+".join(f"{take}" if take == bucket else f"{take}->{bucket}" for take, bucket in self.plan(n))
+        self.plan(n)
+        return self.describe_plan(n)
 
 
 class BucketRunner(BaseRunner):
@@ -213,6 +233,7 @@ class BucketSet(Artifact):
         *,
         tolerance: Tolerance,
         name: str = "buckets",
+        holes: Sequence[Any] = (),
     ) -> None:
         self.server = server
         self.input_names = tuple(input_names)
@@ -221,7 +242,12 @@ class BucketSet(Artifact):
         self.others = tuple(others)
         self.tolerance = tolerance
         self.name = name
-        self.points = tuple(bucket_points(bucket_verification_sizes(server.buckets), self.others))
+        self.chunk_rows: tuple[VerifyRow, ...] = ()  # the rows that showed chunking changes the outputs
+        self.holes = tuple(holes)
+        opt = {d.name: d.opt for d in self.others}
+        at_holes = [{BATCH_NAME: server.buckets[-1], **opt, **p} for h in self.holes for p in h.points]
+        points = bucket_points(bucket_verification_sizes(server.buckets), self.others)
+        self.points = tuple(points + [p for p in at_holes if p not in points])
 
     @classmethod
     def compiled(cls, paths: Mapping[int, Path], captured: CapturedGraph, settings: Settings) -> "BucketSet":
@@ -230,7 +256,8 @@ class BucketSet(Artifact):
         shapes = {b: static_output_shapes(onnx.load(str(p), load_external_data=False)) for b, p in paths.items()}
         server = BucketServer(paths, settings.batch.sites, output_batch_axes(shapes))
         return cls(server, captured.input_names, captured.output_names, settings.batch,
-                   [d for d in settings.dims if not d.is_batch], tolerance=Tolerance(settings.atol, settings.rtol))
+                   [d for d in settings.dims if not d.is_batch], tolerance=Tolerance(settings.atol, settings.rtol),
+                   holes=captured.holes)
 
     @property
     def buckets(self) -> tuple[int, ...]:
@@ -250,26 +277,49 @@ class BucketSet(Artifact):
         return BucketRunner(self.server, self.input_names, self.output_names, meta, name=self.name)
 
     def serves(self, sizes: Mapping[str, int]) -> bool:
-        return sizes.get(BATCH_NAME, 1) >= 1 and in_ranges(sizes, self.others)
+        n = sizes.get(BATCH_NAME, 1)
+        within = self.server.no_chunks is None or n <= self.buckets[-1]
+        return n >= 1 and within and in_ranges(sizes, self.others)
+
+    def settle(self, rows: Sequence[VerifyRow]) -> tuple["BucketSet", list[VerifyRow]]:
+        """When only the batches served in chunks fail (above the largest bucket, which is at least
+        the batch range's max), the samples are not independent: an output that depends on a
+        sample's position, say. Every batch compile claims is one padded call and passed, so
+        the set stays, serving at most its largest bucket per call; the chunked rows leave the
+        verification table for ``stages.buckets.chunking``, which records why."""
+        bad = {r.sizes[BATCH_NAME] for r in rows if not r.passed}
+        if not bad or not all(self.server.chunked(n) for n in bad) or self.server.no_chunks is not None:
+            return self, list(rows)
+        how = ", ".join(f"{n} as {self.server.describe_plan(n)}" for n in sorted(bad))
+        why = (f"the model's samples are not independent, so a batch split into chunks ({how}) differs from "
+               "the model (an output that depends on a sample's position in the batch, say)")
+        restricted = BucketSet(self.server.again(no_chunks=why), self.input_names, self.output_names, self.batch,
+                               self.others, tolerance=self.tolerance, name=self.name, holes=self.holes)
+        restricted.notes = (f"batches above {self.buckets[-1]} are not served: {why}",)
+        restricted.chunk_rows = tuple(r for r in rows if r.sizes[BATCH_NAME] in bad)
+        log.warning("the bucket set serves at most %d samples per call: %s", self.buckets[-1], why)
+        return restricted, [r for r in rows if r.sizes[BATCH_NAME] not in bad]
 
     def check(self, rows: Sequence[VerifyRow], divergence: Any = None) -> None:
-        """A bucket set that fails only where a batch is served in chunks fails because of the
-        chunking: the model's samples are not independent (a statistic over the batch, or an
-        output that depends on a sample's position). Say that, not that a pass broke it."""
+        """A bucket set whose every exact-bucket batch passes fails because of how the other
+        batches are served, padded or in chunks: the model's samples interact (a statistic over
+        the batch sees the padding rows). Say that, not that a pass broke it."""
         bad = [r for r in rows if not r.passed]
         if not bad:
             return
-        chunked = sorted({r.sizes[BATCH_NAME] for r in bad if len(self.server.plan(r.sizes[BATCH_NAME])) > 1})
-        if len(chunked) == len({r.sizes[BATCH_NAME] for r in bad}):
-            how = ", ".join(f"{n} as {self.server.describe(n)}" for n in chunked)
+        exact = {r.sizes[BATCH_NAME] for r in rows if r.sizes[BATCH_NAME] in self.buckets}
+        failed = sorted({r.sizes[BATCH_NAME] for r in bad})
+        if exact and not exact & set(failed):
+            how = ", ".join(f"{n} as {self.server.describe_plan(n)}" for n in failed)
             raise VerificationError(
-                f"the bucket set matches the model at every batch it serves in one call, but not where a batch "
-                f"is split into chunks ({how}): this model's samples are not independent, so serving a batch "
-                f"in pieces changes its outputs (|a-b| <= {self.tolerance.atol:g} + {self.tolerance.rtol:g}*|ref|):"
-                f"\n{format_rows(rows)}",
+                f"the bucket set matches the model at every batch that is exactly a bucket "
+                f"({', '.join(map(str, sorted(exact)))}), but not where a batch is padded or split into chunks "
+                f"({how}): this model's samples are not independent (a statistic over the batch sees the padding "
+                f"rows), so no bucket set serves it (|a-b| <= {self.tolerance.atol:g} + "
+                f"{self.tolerance.rtol:g}*|ref|):\n{format_rows(rows)}",
                 rows=list(rows),
-                hint=f"serve at most {self.buckets[-1]} samples per call, or add a bucket as large as the largest "
-                     "batch you serve",
+                hint="serve only batches that are exactly a bucket (buckets=...), or make the samples independent "
+                     "(in eval mode, with no statistic over the batch) so the batch can be padded",
             )
         super().check(rows, divergence)
 
@@ -284,24 +334,30 @@ class BucketSet(Artifact):
 
     def with_members(self, paths: Mapping[int | None, Path], *, name: str, tolerance: Tolerance) -> "BucketSet":
         """The same bucket set over other files with the same inputs and outputs (its fp16 twin)."""
-        server = BucketServer({b: p for b, p in paths.items() if b is not None}, self.server.batch_sites,
-                              self.server.output_axes)
-        return BucketSet(server, self.input_names, self.output_names, self.batch, self.others, tolerance=tolerance,
-                         name=name)
+        server = self.server.again({b: p for b, p in paths.items() if b is not None})
+        twin = BucketSet(server, self.input_names, self.output_names, self.batch, self.others, tolerance=tolerance,
+                         name=name, holes=self.holes)
+        twin.chunk_rows = self.chunk_rows
+        return twin
 
     def moved_to(self, directory: Path) -> "BucketSet":
-        server = BucketServer({b: Path(directory) / p.name for b, p in self.server.paths.items()},
-                              self.server.batch_sites, self.server.output_axes)
-        return BucketSet(server, self.input_names, self.output_names, self.batch, self.others,
-                         tolerance=self.tolerance, name=self.name)
+        server = self.server.again({b: Path(directory) / p.name for b, p in self.server.paths.items()})
+        moved = BucketSet(server, self.input_names, self.output_names, self.batch, self.others,
+                          tolerance=self.tolerance, name=self.name, holes=self.holes)
+        moved.notes, moved.chunk_rows = self.notes, self.chunk_rows
+        return moved
 
     def index(self) -> dict[str, Path]:
         return {"onnx": self.primary, **{f"onnx_b{b}": p for b, p in self.server.paths.items()}}
 
     def record(self) -> dict[str, dict[str, Any]]:
-        return {"buckets": {"models": {str(b): p.name for b, p in self.server.paths.items()},
-                            "output_batch_axes": dict(zip(self.output_names, self.server.output_axes)),
-                            "serving": SERVING}}
+        entry: dict[str, Any] = {"models": {str(b): p.name for b, p in self.server.paths.items()},
+                                 "output_batch_axes": dict(zip(self.output_names, self.server.output_axes)),
+                                 "serving": SERVING}
+        if self.server.no_chunks is not None:
+            entry["chunking"] = {"served": False, "max_batch": self.buckets[-1], "why": self.server.no_chunks,
+                                 "rows": [r.to_dict() for r in self.chunk_rows]}
+        return {"buckets": entry}
 
     def __repr__(self) -> str:
         return f"BucketSet({list(self.buckets)}: {self.primary.parent})"

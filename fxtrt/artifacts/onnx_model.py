@@ -52,6 +52,7 @@ class OnnxModel(Artifact):
         points: Sequence[Mapping[str, int]] = ({},),
         tolerance: Tolerance,
         name: str = "onnxruntime",
+        holes: Sequence[Any] = (),
     ) -> None:
         self.path = Path(path)
         self.input_names = tuple(input_names)
@@ -61,15 +62,17 @@ class OnnxModel(Artifact):
         self.points = tuple(dict(p) for p in points)
         self.tolerance = tolerance
         self.name = name
+        self.holes = tuple(holes)
         self._session: Any = None
 
     @classmethod
     def compiled(cls, path: Path, captured: CapturedGraph, settings: Settings) -> "OnnxModel":
         """The model compile lowered (dynamic in ``settings.dims``, static with none), checked at
         the verification points."""
+        holes = [p for h in captured.holes for p in h.points]
         return cls(path, captured.input_names, captured.output_names, dims=settings.dims,
-                   points=verification_points(settings.dims, captured.traced_low()),
-                   tolerance=Tolerance(settings.atol, settings.rtol))
+                   points=verification_points(settings.dims, captured.traced_low(), holes),
+                   tolerance=Tolerance(settings.atol, settings.rtol), holes=captured.holes)
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -99,11 +102,12 @@ class OnnxModel(Artifact):
     def with_members(self, paths: Mapping[int | None, Path], *, name: str, tolerance: Tolerance) -> "OnnxModel":
         """The same model over another file with the same inputs and outputs (its fp16 twin)."""
         return OnnxModel(paths[None], self.input_names, self.output_names, dims=self.dims, fixed=self.fixed,
-                         points=self.points, tolerance=tolerance, name=name)
+                         points=self.points, tolerance=tolerance, name=name, holes=self.holes)
 
     def moved_to(self, directory: Path) -> "OnnxModel":
         return OnnxModel(Path(directory) / self.path.name, self.input_names, self.output_names, dims=self.dims,
-                         fixed=self.fixed, points=self.points, tolerance=self.tolerance, name=self.name)
+                         fixed=self.fixed, points=self.points, tolerance=self.tolerance, name=self.name,
+                         holes=self.holes)
 
     def index(self) -> dict[str, Path]:
         return {"onnx": self.path}

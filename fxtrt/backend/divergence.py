@@ -123,3 +123,69 @@ def trace_divergence(gm: torch.fx.GraphModule, onnx_path: Path, captured: Captur
                for t in inputs_at(captured.example, settings.dims, sizes)]
     feed = {n: t.numpy() for n, t in zip(captured.input_names, tensors)}
     return find_divergence(onnx_path, gm, tensors, feed, settings.atol, settings.rtol)
+
+
+@dataclass(frozen=True)
+class GraphVerdict:
+    """No ONNX value leaves the FX graph: then the FX graph itself differs from the model, and
+    which stage made it differ is found by running the graph before the passes (torch.export's)
+    and after them against the model at the failing sizes, never assumed."""
+
+    captured_matches: bool | None  # None: the capture was traced at fixed sizes and can't run there
+    final_matches: bool
+    sizes: dict[str, int]
+    onnx_node: None = None
+    source: None = None
+
+    def describe(self) -> str:
+        at = ",".join(f"{k}={v}" for k, v in self.sizes.items()) or "the example's sizes"
+        head = f"no ONNX value differs from the FX graph it was emitted from; at {at}"
+        if self.final_matches:
+            return f"{head} that graph matches the model too, so the difference is in how the artifact is run or rounded"
+        if self.captured_matches is None:
+            return (f"{head} that graph differs from the model; torch.export traced it at other sizes, so this run "
+                    "cannot tell whether the capture or a pass made it differ")
+        if self.captured_matches:
+            return f"{head} the graph torch.export captured matches the model, and after the passes it does not: a pass changed it"
+        return f"{head} the graph torch.export captured already differs from the model, before any pass ran"
+
+    @property
+    def hint(self) -> str:
+        if self.captured_matches and not self.final_matches:
+            return "run with debug_dir=... to see which pass, with its numeric check after each one"
+        if self.captured_matches is False:
+            return "torch.export's graph is wrong at these sizes; narrow the range or give the dim a step"
+        return "run with debug_dir=... to compare the graph with the model after capture and after each pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"result": self.describe(), "captured_matches": self.captured_matches,
+                "final_matches": self.final_matches, "sizes": self.sizes}
+
+
+def graph_verdict(model: torch.nn.Module, gm: torch.fx.GraphModule, captured: CapturedGraph, settings: Settings,
+                  sizes: Mapping[str, int]) -> GraphVerdict:
+    """Run the model, the captured graph (when symbolic) and the final graph at ``sizes``."""
+    import torch.utils._pytree as pytree
+
+    inputs = inputs_at(captured.example, settings.dims, sizes)
+    fx_inputs = [t.to(torch.float32) if t.dtype == torch.float64 else t for t in inputs]
+
+    def same(graph: torch.fx.GraphModule) -> bool:  # at the inputs bound when it is called
+        with torch.no_grad():
+            want = [t for t in pytree.tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
+            got = [t for t in pytree.tree_leaves(graph(*fx_inputs)) if isinstance(t, torch.Tensor)]
+        return len(got) == len(want) and all(
+            g.shape == w.shape and torch.allclose(g.double(), w.double(), atol=settings.atol, rtol=settings.rtol,
+                                                  equal_nan=True) for g, w in zip(got, want))
+
+    if captured.pristine is None:
+        return GraphVerdict(None, same(gm), dict(sizes))
+    if captured.symbolic:
+        return GraphVerdict(same(captured.pristine), same(gm), dict(sizes))
+    # Traced at fixed sizes: the captured graph runs only at its own, so both are compared there.
+    final = same(gm)
+    inputs = inputs_at(captured.example, settings.dims, captured.base.sizes)
+    fx_inputs = [t.to(torch.float32) if t.dtype == torch.float64 else t for t in inputs]
+    if not final and same(captured.pristine) and not same(gm):
+        return GraphVerdict(True, False, dict(captured.base.sizes))
+    return GraphVerdict(None, final, dict(sizes))

@@ -27,7 +27,7 @@ from fxtrt.backend.opset import convert_opset
 from fxtrt.errors import EmitError, GeneralizationError
 from fxtrt.frontend.capture import CapturedGraph, Program
 from fxtrt.frontend.export import dynamic_shapes, torch_dims
-from fxtrt.frontend.guards import check_deferred_asserts
+from fxtrt.frontend.guards import AssertCheck, Hole, check_deferred_asserts
 from fxtrt.frontend.source import location_of_traceback, source_of
 from fxtrt.settings import DynamicDim
 
@@ -42,6 +42,7 @@ LAYER_NORMS = frozenset({torch.ops.aten.layer_norm.default, torch.ops.aten.nativ
 class Emitted:
     model: onnx.ModelProto
     notes: list[str]
+    holes: tuple[Hole, ...] = ()  # facts the re-export assumed that fail inside the ranges
 
 
 def has_layer_norm(gm: torch.fx.GraphModule) -> bool:
@@ -128,35 +129,52 @@ def _attr(gm: torch.nn.Module, target: str) -> object:
 
 
 def _reexport(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor], dims: Sequence[DynamicDim],
-              captured: CapturedGraph) -> torch.export.ExportedProgram:
-    """torch.export of the generalised graph over the traced ranges (the declared ones for baked dims)."""
+              captured: CapturedGraph) -> tuple[torch.export.ExportedProgram, AssertCheck]:
+    """torch.export of the generalised graph over the traced ranges (the declared ones for baked
+    dims), and its deferred asserts checked over them.
+
+    Traced at the base size, torch may decide facts that hold there only (at an even length a
+    crop ``[:s]`` of ``2*ceil(s/2)`` is a no-op) and specialise; the graph is the same function at
+    every traced size, so each other trace's inputs get their turn before that is an error.
+    """
     named = torch_dims(dims, {name: (c.low, c.high) for name, c in captured.dims.items()})
     spec = dynamic_shapes(len(inputs), dims, named) if dims else None
-    try:
-        ep = torch.export.export(gm, tuple(inputs), dynamic_shapes=spec, strict=False,
-                                 prefer_deferred_runtime_asserts_over_guards=spec is not None)
-    except Exception as exc:
-        loc = location_of_traceback(exc.__traceback__)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        guard = next((ln.strip(" -") for ln in str(exc).splitlines() if "guard" in ln and ln.strip() != first), "")
-        raise GeneralizationError(
-            f"the generalised graph does not trace with symbolic sizes: {type(exc).__name__}: {first}"
-            + (f" ({guard})" if guard else ""),
-            source=str(loc) if loc else None,
-            hint="a size may still be baked in; run fxtrt explain on the model to see where",
-        ) from exc
-    check_deferred_asserts(ep, dims)
-    return ep
+    tries = [tuple(inputs)] + [tuple(t.to(torch.float32) if t.dtype == torch.float64 else t for t in c.inputs)
+                               for c in captured.captures[1:] + captured.checks]
+    first_exc: Exception | None = None
+    for args in tries:
+        try:
+            ep = torch.export.export(gm, args, dynamic_shapes=spec, strict=False,
+                                     prefer_deferred_runtime_asserts_over_guards=spec is not None)
+            return ep, check_deferred_asserts(ep, dims)
+        except Exception as exc:
+            first_exc = first_exc or exc
+            log.debug("re-export at %s failed: %s", [tuple(a.shape) for a in args], str(exc)[:700])
+            if spec is None or "Constraints violated" not in str(exc):
+                break
+    assert first_exc is not None
+    exc = first_exc
+    loc = location_of_traceback(exc.__traceback__)
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    guard = next((ln.strip(" -") for ln in str(exc).splitlines() if "guard" in ln and ln.strip() != first), "")
+    raise GeneralizationError(
+        f"the generalised graph does not trace with symbolic sizes: {type(exc).__name__}: {first}"
+        + (f" ({guard})" if guard else ""),
+        source=str(loc) if loc else None,
+        hint="a size may still be baked in; run fxtrt explain on the model to see where",
+    ) from exc
 
 
 def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[DynamicDim], opset: int) -> Emitted:
     """ONNX for ``gm`` with the dims in ``dims`` symbolic, named as in the settings."""
     notes: list[str] = []
     inputs = tuple(t.to(torch.float32) if t.dtype == torch.float64 else t for t in captured.base.inputs)
+    holes: tuple[Hole, ...] = ()
     if captured.program is not None:
         ep = exported_program(gm, captured.program)
     else:
-        ep = _reexport(gm, inputs, dims, captured)
+        ep, checked = _reexport(gm, inputs, dims, captured)
+        holes = checked.holes
     if opset < 17 and has_layer_norm(gm):
         notes.append(
             f"the model has LayerNorm but opset={opset} < 17: LayerNorm was decomposed into primitive ops; "
@@ -178,7 +196,7 @@ def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[
         raise translation_error(exc, ep, max(opset, EXPORTER_OPSET)) from exc
     model = convert_opset(program.model_proto, opset)
     _name_dims(model, dims, captured.input_names)
-    return Emitted(model, notes)
+    return Emitted(model, notes, holes)
 
 
 # torch.onnx's error text: the op it found no translation for, and the FX node it was translating.

@@ -183,7 +183,7 @@ def raise_on_failure(rows: Sequence[VerifyRow], atol: float, rtol: float, diverg
         return
     if divergence is not None:
         where = f"\n{divergence.describe()}"
-        hint = "the ONNX model diverges from the FX graph it was emitted from at that node"
+        hint = getattr(divergence, "hint", "the ONNX model diverges from the FX graph it was emitted from at that node")
     else:
         # ONNX == FX graph and ONNX != model: the FX graph itself differs from the model there.
         where = ("\nno ONNX value differs from the FX graph it was emitted from, so that graph already differs "
@@ -211,12 +211,14 @@ def ort_meta(onnx_path: Path) -> TensorMetadata:
     return meta
 
 
-def verification_points(dims: Sequence[DynamicDim], traced_low: Mapping[str, int] | None = None) -> list[dict[str, int]]:
+def verification_points(dims: Sequence[DynamicDim], traced_low: Mapping[str, int] | None = None,
+                        extra: Sequence[Mapping[str, int]] = ()) -> list[dict[str, int]]:
     """The first dim (the batch) at min/opt/odd/max with the others at opt; each other dim at
     min, one size in between and max (at the first dim's extremes), all on the dims' grids.
 
     ``traced_low``: where torch.export traced a dim only from above its min (its 0/1 rule), a
-    size in that gap is checked too.
+    size in that gap is checked too. ``extra``: more sizes (the others at opt), such as where a
+    fact torch assumed fails.
     """
     if not dims:
         return [{}]
@@ -235,6 +237,7 @@ def verification_points(dims: Sequence[DynamicDim], traced_low: Mapping[str, int
         gap = [s for s in grid_sizes(d, d.min + 1) if s < low]
         if gap:
             points.append({**opt, d.name: gap[len(gap) // 2]})
+    points += [{**opt, **p} for p in extra]
     unique: list[dict[str, int]] = []
     for p in points:
         if p not in unique:

@@ -27,11 +27,11 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
-from fxtrt.errors import CaptureError, ConfigError, GeneralizationError
+from fxtrt.errors import CaptureError, ConfigError, GeneralizationError, StructureError
 from fxtrt.frontend.bind import output_names
-from fxtrt.frontend.export import (Violation, dim_reason, dynamic_shapes, eager_failure, export_once, first_lines,
+from fxtrt.frontend.export import (SolverFailure, Violation, dim_reason, dynamic_shapes, eager_failure, export_once, first_lines,
                                    suggested_fixes, torch_dims)
-from fxtrt.frontend.guards import check_deferred_asserts
+from fxtrt.frontend.guards import Hole, check_deferred_asserts
 from fxtrt.frontend.inputs import diff_sizes, grid_sizes, inputs_at, symbolic_size
 from fxtrt.frontend.state import ModuleState
 from fxtrt.settings import DynamicDim, Settings
@@ -94,6 +94,8 @@ class CapturedGraph:
     program: Program | None = None
     notes: list[str] = field(default_factory=list)
     exports: int = 1
+    holes: tuple[Hole, ...] = ()  # facts torch assumed that fail inside the ranges (verified there)
+    pristine: torch.fx.GraphModule | None = None  # the base trace before the passes ran (for diagnosis)
 
     @property
     def base(self) -> Capture:
@@ -167,13 +169,17 @@ class _Capturer:
             self.sizes[d.name] = s
         self.ranges = {d.name: (d.min, d.max) for d in self.dims}
         self.baked: dict[str, str] = {}
+        self.moved: set[str] = set()  # dims traced at another size after torch specialised them at theirs
         self.notes: list[str] = []
         self.exports = 0
 
-    def export(self, sizes: Mapping[str, int]) -> torch.export.ExportedProgram:
+    def export(self, sizes: Mapping[str, int], widen: bool = False, auto: bool = False) -> torch.export.ExportedProgram:
         self.state.restore()
         self.model.eval()
-        named = torch_dims(self.dims, {n: r for n, r in self.ranges.items() if n not in self.baked})
+        ranges = {n: r for n, r in self.ranges.items() if n not in self.baked}
+        if widen:  # a graph torch proves for a wider range holds in the declared one
+            ranges = {n: (lo, hi + max(hi - lo, 8) * (self.by_name[n].step or 1)) for n, (lo, hi) in ranges.items()}
+        named = torch_dims(self.dims, ranges, auto=auto)
         spec = dynamic_shapes(len(self.example), self.dims, named) if named else None
         inputs = inputs_at(self.example, self.dims, sizes)
         log.debug("capturing at %s, symbolic in %s", dict(sizes), sorted(named))
@@ -182,13 +188,91 @@ class _Capturer:
 
     def symbolic(self) -> torch.export.ExportedProgram:
         """The symbolic capture, refined by torch's suggested fixes until it holds."""
-        for _ in range(2 * len(self.dims) + 1):
+        for _ in range(3 * len(self.dims) + 1):
             try:
                 return self.export(self._trace_sizes())
             except Violation as violation:
                 self._apply(violation)
+            except SolverFailure as failure:
+                return self._widened(failure)
         raise CaptureError("torch.export kept reporting constraint violations after fxtrt applied its fixes",
                            hint="run fxtrt explain on the model to see where sizes are baked in")
+
+    def _widened(self, failure: SolverFailure) -> torch.export.ExportedProgram:
+        """torch's solver fails over some ranges and at some trace sizes (``Dim`` with min == max,
+        "expected an equality constraint"): the capture with ``Dim.DYNAMIC``, then over wider
+        ranges, then traced at the next grid sizes of every dim (a size where no crop is a no-op). Deferred asserts are still checked over the
+        declared ranges, and the graph is verified over them."""
+        auto = self._auto(failure) if not any(d.step for d in self.dims) else None
+        if auto is not None:
+            return auto
+
+        def shifted(k: int) -> dict[str, int]:  # every dim at its k-th grid size after its trace size
+            out = {}
+            for d in self.dims:
+                size = self.sizes[d.name]
+                later = list(itertools.islice(grid_sizes(d, size + 1), k))
+                earlier = [s for s in grid_sizes(d, 2) if s < size]
+                out[d.name] = later[k - 1] if len(later) == k else (earlier[-k] if len(earlier) >= k else size)
+            return out
+
+        attempts = [(self.sizes, True), (shifted(1), False), (shifted(1), True), (shifted(2), False), (shifted(3), False)]
+        for sizes, widen in attempts:
+            try:
+                ep = self.export({**self._trace_sizes(), **{k: v for k, v in sizes.items() if k not in self.baked}},
+                                 widen=widen)
+            except Exception:
+                continue
+            self.sizes = {**self.sizes, **{k: v for k, v in sizes.items() if k not in self.baked}}
+            self.notes.append(f"torch.export's constraint solver failed at the first trace, so the graph was captured "
+                              f"{'over wider ranges ' if widen else ''}at {self.sizes} (it holds in the declared "
+                              "ranges too)")
+            return ep
+        return self._bake_for_solver(failure)
+
+    def _auto(self, failure: SolverFailure) -> torch.export.ExportedProgram | None:
+        """The capture with ``Dim.DYNAMIC``, which never runs the failing solver; what torch made
+        of each dim is then read off the graph: the declared range kept (or torch's 0/1 rule at
+        its low end, handled as ever), else None (a dim specialised or cut short)."""
+        try:
+            ep = self.export(self._trace_sizes(), auto=True)
+        except Exception:
+            return None
+        user = set(ep.graph_signature.user_inputs)
+        shapes = [n.meta["val"].shape for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
+        lows: dict[str, int] = {}
+        for d in self.dims:
+            if d.name in self.baked:
+                continue
+            for i, axis in d.sites:
+                size = shapes[i][axis]
+                if not isinstance(size, torch.SymInt) or size.node.expr not in ep.range_constraints:
+                    return None
+                r = ep.range_constraints[size.node.expr]
+                if int(r.upper) < self.ranges[d.name][1] or int(r.lower) > max(self.ranges[d.name][0], 2):
+                    return None
+                lows[d.name] = max(lows.get(d.name, 0), int(r.lower))
+        for name, low in lows.items():
+            if low > self.ranges[name][0]:
+                self._low_limit(self.by_name[name], low, self.ranges[name][1])
+        self.notes.append(f"torch.export's constraint solver failed ({failure.message.split(': ', 1)[-1][:120]}), "
+                          "so the graph was captured with Dim.DYNAMIC and its ranges read back from the graph")
+        return ep
+
+    def _bake_for_solver(self, failure: SolverFailure) -> torch.export.ExportedProgram:
+        """Still failing: the first dim (batch last) without which the solver succeeds is baked and
+        generalised by trace diffing, like a dim torch specialises."""
+        for d in sorted((d for d in self.dims if d.name not in self.baked), key=lambda d: d.is_batch):
+            self.baked[d.name] = f"torch.export's constraint solver fails with '{d.name}' symbolic"
+            try:
+                ep = self.export(self._trace_sizes())
+            except (SolverFailure, Violation):
+                del self.baked[d.name]
+                continue
+            log.info("dim '%s' is baked into the graph (%s); it is generalised by trace diffing", d.name,
+                     self.baked[d.name])
+            return ep
+        raise failure
 
     def _trace_sizes(self) -> dict[str, int]:
         sizes = dict(self.sizes)
@@ -199,7 +283,8 @@ class _Capturer:
     def _diff_sizes(self, d: DynamicDim) -> list[int]:
         sizes = diff_sizes(d)
         if len(sizes) < 3:
-            raise GeneralizationError(
+            error = StructureError if d.is_batch else GeneralizationError  # the batch still has buckets
+            raise error(
                 f"the model bakes dim '{d.name}' into the graph, and its range {d.min}..{d.max} (grid {d.grid}) "
                 f"has too few sizes to fit and check an expression for it ({sizes})",
                 hint="widen the range, give a smaller step, or make the dim static",
@@ -213,6 +298,15 @@ class _Capturer:
             fix = fixes.get(d.name)
             if fix is None or d.name in self.baked:
                 continue
+            if isinstance(fix, int) and fix == self.sizes[d.name] and d.name not in self.moved:
+                # specialised to the size it was traced at: often a fact of that size only (a pad
+                # to a multiple of 4 that is 0 there); traced at the next grid size first
+                later = [g for g in grid_sizes(d, fix + 1)][:1] or [g for g in grid_sizes(d, 2) if g < fix][-1:]
+                self.moved.add(d.name)
+                if later:
+                    self.sizes[d.name] = later[0]
+                    progress = True
+                    continue
             if isinstance(fix, int):
                 self.baked[d.name] = dim_reason(violation.message, d)
                 log.info("dim '%s' is baked into the graph (%s); it is generalised by trace diffing", d.name,
@@ -248,6 +342,13 @@ class _Capturer:
             f"torch.export traces dim '{d.name}' only from {new_lo} (it assumes sizes inside the model are never 1); "
             f"the model runs at {d.min}, so the graph serves {d.min}..{d.max} and is verified at {d.min} and in between"
         )
+
+    def runs_at(self, hole: Hole) -> None:
+        self.state.restore()
+        try:
+            check_hole_runs(self.model, self.example, self.dims, hole)
+        finally:
+            self.state.restore()
 
     def _limit(self, d: DynamicDim, lo: int, hi: int, end: str, probe: int | None = None,
                failure: tuple[str, str | None] | None = None) -> ConfigError:
@@ -311,6 +412,8 @@ def capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings:
             notes.append(checked.note())
         for name, low in checked.lows.items():
             run._low_limit(run.by_name[name], low, run.ranges[name][1])
+        for hole in checked.holes:
+            run.runs_at(hole)
         captures = [Capture(sizes, _flat_module(ep), inputs_at(example, settings.dims, sizes))]
         checks: list[Capture] = []
         program = Program(dict(ep.range_constraints), list(ep.verifiers)) if not run.baked else None
@@ -327,7 +430,21 @@ def capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings:
         state.restore()
     notes += run.notes
     return CapturedGraph(captures, out_spec, example, settings.input_names, output_names(out_spec),
-                         dims=run.dim_records(), checks=checks, program=program, notes=notes, exports=run.exports)
+                         dims=run.dim_records(), checks=checks, program=program, notes=notes, exports=run.exports,
+                         holes=checked.holes)
+
+
+def check_hole_runs(model: torch.nn.Module, example: tuple[torch.Tensor, ...], dims: Sequence[DynamicDim],
+                    hole: Hole) -> None:
+    """The model must run eagerly where a fact torch assumed fails; verification checks the rest."""
+    for point in hole.points:
+        failure = eager_failure(model, inputs_at(example, dims, point))
+        if failure is not None:
+            sizes = ", ".join(f"{k}={v}" for k, v in point.items())
+            raise ConfigError(f"{hole.describe()}, and at {sizes} the model fails: {failure[0]}",
+                              source=failure[1] or hole.source,
+                              hint="give the dim a step, (min, opt, max, step), so that only sizes the model serves "
+                                   "are claimed, or narrow the range")
 
 
 def flatten_outputs(outputs: Any) -> list[Any]:

@@ -35,14 +35,34 @@ class Violation(Exception):
         self.spec = spec
 
 
-def torch_dims(dims: Sequence[DynamicDim], ranges: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
-    """One ``torch.export.Dim`` per dynamic dim over ``ranges``; ``step * Dim`` for a stepped dim."""
+class SolverFailure(CaptureError):
+    """torch.export failed inside its own constraint solver (not in the model): over some narrow
+    ranges it derives an impossible ``Dim`` (min == max) while writing its suggested fixes."""
+
+
+def _in_solver(exc: BaseException) -> bool:
+    import traceback
+
+    while exc is not None:
+        if any(f.name in ("produce_guards_and_solve_constraints", "prettify_results", "_process_derived_dim_roots")
+               for f in traceback.extract_tb(exc.__traceback__)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def torch_dims(dims: Sequence[DynamicDim], ranges: Mapping[str, tuple[int, int]], auto: bool = False) -> dict[str, Any]:
+    """One ``torch.export.Dim`` per dynamic dim over ``ranges``; ``step * Dim`` for a stepped dim.
+    ``auto``: ``Dim.DYNAMIC`` instead, which lets torch narrow or specialise a dim without a
+    constraint violation (and without the solver that writes its suggested fixes)."""
     out: dict[str, Any] = {}
     for d in dims:
         if d.name not in ranges:
             continue
         lo, hi = ranges[d.name]
-        if d.step:
+        if auto:
+            out[d.name] = torch.export.Dim.DYNAMIC(min=lo, max=hi)
+        elif d.step:
             out[d.name] = d.step * torch.export.Dim(f"{d.name}_div{d.step}", min=lo // d.step, max=hi // d.step)
         else:
             out[d.name] = torch.export.Dim(d.name, min=lo, max=hi)
@@ -82,6 +102,10 @@ def export_once(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec: 
             raise Violation(text, spec) from exc
         message, source = describe_failure(exc)
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        if spec is not None and _in_solver(exc):
+            raise SolverFailure(
+                f"torch.export failed in its constraint solver at input shapes {shapes}: {type(exc).__name__}: "
+                f"{message}", hint="widen the dynamic dims' ranges, or give a dim a step") from exc
         if any(k in f"{type(exc).__name__} {exc}" for k in _DATA_DEPENDENT):
             raise GeneralizationError(
                 f"the model's shapes depend on tensor values (e.g. .item() or .tolist()): {message}",

@@ -8,8 +8,12 @@ the artifact claims (every integer of each declared range, every multiple of a d
 only then drops them. A fact that fails only at the low end of one dim's range (the 0/1 rule:
 ``(T-3)//2 != 0`` for a stride-2 conv) raises that dim's traced low, which capture treats as it
 treats torch's own low-end refinements (eager check at the declared min, verification below the
-traced low). A fact that fails anywhere else is a ConfigError naming the first size it fails at:
-fxtrt never serves a size its graph was not traced for.
+traced low). A fact that fails anywhere else is often only torch being careful (a slice
+``[:H]`` of a tensor ``2*ceil(H/2)`` long is assumed not to be a no-op, false for every even H,
+yet the graph is right there too), so it is a :class:`Hole`: capture checks the model runs
+eagerly at a sample of its failing sizes, and verification checks the artifact there as well.
+Where the graph really is wrong at those sizes (the model takes another path), verification
+fails and its error names the assumption and its line.
 """
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ from typing import Any, Sequence
 import sympy
 import torch
 
-from fxtrt.errors import ConfigError
 from fxtrt.frontend.source import location_of_frames
 from fxtrt.settings import DynamicDim
 
@@ -30,6 +33,25 @@ log = logging.getLogger(__name__)
 
 # More points than this per assert are sampled, not enumerated (and the note says so).
 MAX_POINTS = 200_000
+
+
+@dataclass(frozen=True)
+class Hole:
+    """A fact torch assumed that fails inside the declared ranges: the fact with the user's dim
+    names, its line, and up to three sizes where it fails (first, middle, last)."""
+
+    fact: str
+    source: str | None
+    points: tuple[dict[str, int], ...]
+
+    def covers(self, sizes: dict[str, int]) -> bool:
+        """Whether ``sizes`` is one of the sampled points where the fact fails."""
+        return any(all(sizes.get(k) == v for k, v in p.items()) for p in self.points)
+
+    def describe(self) -> str:
+        where = ", ".join(",".join(f"{k}={v}" for k, v in p.items()) for p in self.points)
+        return f"torch traced the graph assuming {self.fact}, which fails at {where}" + \
+            (f" (at {self.source})" if self.source else "")
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,7 @@ class AssertCheck:
     exhaustive: bool
     skipped: int  # asserts on tensor values (unbacked symbols), which no size can decide
     lows: dict[str, int] = field(default_factory=dict)  # dim -> the size from which every assert holds
+    holes: tuple[Hole, ...] = ()  # facts that fail inside the ranges: verified there, not trusted
 
     def note(self) -> str | None:
         if not self.asserts and not self.skipped:
@@ -50,6 +73,8 @@ class AssertCheck:
                 f"({self.points} point(s)) and hold")
         if self.skipped:
             text += f"; {self.skipped} assert(s) on tensor values were left to verification"
+        for hole in self.holes:
+            text += f"; {hole.describe()}: the artifact is verified at those sizes too"
         return text
 
 
@@ -98,6 +123,7 @@ def check_deferred_asserts(ep: torch.export.ExportedProgram, dims: Sequence[Dyna
     checked = skipped = points = 0
     exhaustive = True
     lows: dict[str, int] = {}
+    holes: list[Hole] = []
     seen: set[str] = set()
     for ra in asserts:
         expr = shape_env.simplify(ra.expr.xreplace(alias))
@@ -122,11 +148,12 @@ def check_deferred_asserts(ep: torch.export.ExportedProgram, dims: Sequence[Dyna
         if failed:
             low = _low_end(failed, ranges)
             if low is None:
-                raise _failure(ra, expr, free, failed[0], symbols)
-            d, factor = symbols[free[low[0]]]
-            lows[d.name] = max(lows.get(d.name, d.min), low[1] * factor)
+                holes.append(_hole(ra, expr, free, failed, symbols))
+            else:
+                d, factor = symbols[free[low[0]]]
+                lows[d.name] = max(lows.get(d.name, d.min), low[1] * factor)
         checked += 1
-    check = AssertCheck(checked, points, exhaustive, skipped, lows)
+    check = AssertCheck(checked, points, exhaustive, skipped, lows, tuple(holes))
     if checked:
         log.info("%s", check.note())
     return check
@@ -147,21 +174,16 @@ def _low_end(failed: list[tuple[int, ...]], ranges: list[Any]) -> tuple[int, int
     return None
 
 
-def _failure(ra: Any, expr: sympy.Expr, free: list, combo: tuple, symbols) -> ConfigError:
-    sizes = ", ".join(f"{symbols[s][0].name}={v * symbols[s][1]}" for s, v in zip(free, combo))
+def _hole(ra: Any, expr: sympy.Expr, free: list, failed: list[tuple[int, ...]], symbols) -> Hole:
     names = {s: sympy.Symbol(symbols[s][0].name if symbols[s][1] == 1 else f"({symbols[s][0].name}/{symbols[s][1]})")
              for s in free}
+    sample = sorted({0, len(failed) // 2, len(failed) - 1})
+    points = tuple({symbols[s][0].name: v * symbols[s][1] for s, v in zip(free, failed[k])} for k in sample)
     loc = None
     stack = getattr(ra, "stack", None)
     if stack is not None:
         try:
             loc = location_of_frames([(f.filename, f.lineno or 0) for f in stack.summary()])
-        except Exception:  # a traceback torch could not render: no line, the message still stands
+        except Exception:  # a traceback torch could not render: no line, the fact still stands
             loc = None
-    return ConfigError(
-        f"the model's graph holds only where {expr.xreplace(names)}, which fails at {sizes}: that size is in the "
-        "declared range but the model cannot serve it with one graph",
-        source=str(loc) if loc else None,
-        hint="give the dim a step, (min, opt, max, step), so that only sizes the model serves are claimed, "
-             "or narrow the range",
-    )
+    return Hole(str(expr.xreplace(names)), str(loc) if loc else None, points)

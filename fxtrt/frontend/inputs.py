@@ -1,7 +1,10 @@
 """Inputs at other sizes, made from the user's example.
 
 Tiling (then cropping) along a dynamic dim keeps every value one the model has already seen:
-token ids stay valid ids, masks stay masks, lengths stay in range.
+token ids stay valid ids, masks stay masks, lengths stay in range. Along the batch, the copies
+of a floating-point input are nudged apart (:func:`vary_copies`): identical samples would hide
+every interaction between samples (a statistic over the batch, padding, chunking) from the
+checks that run on these inputs.
 """
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ import torch
 from fxtrt.settings import DynamicDim
 
 
-def resize_dim(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """``t`` tiled or cropped along ``dim`` to ``size``."""
+def resize_dim(t: torch.Tensor, dim: int, size: int, vary: bool = False) -> torch.Tensor:
+    """``t`` tiled or cropped along ``dim`` to ``size``; with ``vary``, tiled copies of a
+    floating-point tensor are nudged apart (:func:`vary_copies`)."""
     have = t.shape[dim]
     if size == have:
         return t
@@ -22,7 +26,18 @@ def resize_dim(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
         return t.narrow(dim, 0, size).contiguous()
     reps = [1] * t.dim()
     reps[dim] = -(-size // have)
-    return t.repeat(*reps).narrow(dim, 0, size).contiguous()
+    tiled = t.repeat(*reps).narrow(dim, 0, size).contiguous()
+    return vary_copies(tiled, dim, have) if vary and t.is_floating_point() else tiled
+
+
+def vary_copies(tiled: torch.Tensor, dim: int, have: int) -> torch.Tensor:
+    """Everything past the first ``have`` entries along ``dim`` plus deterministic noise of 5% of
+    the example's spread: close to values the model has seen, yet no two samples alike."""
+    spread = float(tiled.narrow(dim, 0, have).double().std()) if tiled.numel() > 1 else 0.0
+    scale = 0.05 * (spread if spread > 0 and spread == spread else 1.0)
+    noise = torch.randn(tiled.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * scale
+    noise.narrow(dim, 0, have).zero_()
+    return (tiled.double() + noise).to(tiled.dtype)
 
 
 def inputs_at(
@@ -33,7 +48,7 @@ def inputs_at(
     for d in dims:
         if d.name in sizes:
             for i, axis in d.sites:
-                out[i] = resize_dim(out[i], axis, sizes[d.name])
+                out[i] = resize_dim(out[i], axis, sizes[d.name], vary=d.is_batch)
     return tuple(out)
 
 
@@ -56,9 +71,16 @@ def symbolic_size(dim: DynamicDim) -> int | None:
 def diff_sizes(dim: DynamicDim) -> list[int]:
     """Up to three grid sizes to trace a dim the model bakes in at: two fit ``a*size + c``, the
     third checks the fit. Never 0 or 1, and for the batch never the example's own size, so a
-    value baked from the example cannot pass for a batch-independent constant."""
+    value baked from the example cannot pass for a batch-independent constant. Where the grid
+    of a dim without a step holds fewer than three, the first sizes of the range (8..12 with
+    opt 12: grid 4 has only 8 and 12, so 8, 9, 10)."""
     avoid = {dim.example} if dim.is_batch else set()
-    return [s for s in itertools.islice(grid_sizes(dim, 2), 0, 8) if s not in avoid][:3]
+    sizes = [s for s in itertools.islice(grid_sizes(dim, 2), 0, 8) if s not in avoid][:3]
+    if len(sizes) < 3 and dim.step is None:  # a grid of gcd(min, opt, max) too coarse; no step claims every size
+        sizes = [s for s in range(max(dim.min, 2), dim.max + 1) if s not in avoid][:3]
+    if len(sizes) < 3 and avoid:  # a narrow batch range: the example's own size rather than too few
+        sizes = sorted(set(sizes) | {s for s in grid_sizes(dim, 2) if s in avoid})[:3]
+    return sizes
 
 
 def verification_sizes(dim: DynamicDim) -> list[int]:

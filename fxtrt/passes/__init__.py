@@ -16,6 +16,7 @@ from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.fix_dtypes import fix_dtypes
 from fxtrt.passes.fold_constant_reads import fold_constant_reads
 from fxtrt.passes.generalize_batch import generalize_batch
+from fxtrt.passes.max_pool_1d_as_2d import max_pool_1d_as_2d
 from fxtrt.passes.relax_views import relax_views
 from fxtrt.passes.infra import Change, PassContext, PassFn, PassRecord, PassResult
 
@@ -23,6 +24,7 @@ REGISTRY: dict[str, PassFn] = {
     "drop_shape_guards": drop_shape_guards,
     "fold_constant_reads": fold_constant_reads,
     "generalize_batch": generalize_batch,
+    "max_pool_1d_as_2d": max_pool_1d_as_2d,
     "canonicalize_flatten": canonicalize_flatten,
     "relax_views": relax_views,
     "fix_dtypes": fix_dtypes,

@@ -31,6 +31,7 @@ import torch.utils._pytree as pytree
 from fxtrt.errors import GeneralizationError, StructureError
 from fxtrt.frontend.source import source_of
 from fxtrt.passes.affine import Expr, fit
+from fxtrt.passes.align_traces import align_noop_slices
 from fxtrt.passes.drop_shape_guards import guard_nodes
 from fxtrt.passes.infra import Change, PassContext, PassResult, call_text, change, fmt
 from fxtrt.settings import DynamicDim
@@ -184,6 +185,9 @@ def rewrite_size_literals(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
     dims = [d for d in ctx.settings.dims if d.name in baked]
     traces = caps + ctx.captured.checks  # fitted on caps, checked on the rest
 
+    if align_noop_slices([_ops(gm)] + [_ops(c.gm) for c in traces[1:]]):
+        for g in [gm] + [c.gm for c in traces[1:]]:
+            g.recompile()
     base_ops = _ops(gm)
     others = [_ops(c.gm) for c in traces[1:]]
     for i, ops in enumerate(others, start=1):

@@ -60,3 +60,38 @@ def test_verification_error_names_the_divergence(compiled, tmp_path):
         raise_on_failure(rows, 1e-4, 1e-3, found)
     assert info.value.node == "node_linear" and info.value.source == found.source
     assert "first divergence: ONNX node node_linear (Gemm)" in str(info.value)
+
+
+class _AddOne(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x) + 1.0
+
+
+def _break_adds(gm, ctx):
+    """A pass that changes the numerics: every add becomes a subtraction."""
+    from fxtrt.passes.infra import PassResult
+
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.add.Tensor:
+            node.target = torch.ops.aten.sub.Tensor
+    gm.recompile()
+    return PassResult(gm, [])
+
+
+def test_a_pass_that_breaks_the_numerics_is_named_only_after_comparing_graphs(tmp_path):
+    import fxtrt
+
+    with pytest.raises(fxtrt.VerificationError) as info:
+        fxtrt.compile(_AddOne(), torch.randn(1, 4), batch=(1, 2, 4), passes=["relax_views", _break_adds],
+                      out_dir=tmp_path / "out")
+    message = str(info.value)
+    assert "the graph torch.export captured matches the model, and after the passes it does not" in message
+    assert "debug_dir" in info.value.hint
+
+
+def test_a_graph_that_matches_the_model_is_not_blamed_on_the_passes():
+    from fxtrt.backend.divergence import GraphVerdict
+
+    verdict = GraphVerdict(captured_matches=False, final_matches=False, sizes={"batch": 3})
+    assert "before any pass ran" in verdict.describe() and "pass changed" not in verdict.describe()
+    assert "cannot tell" in GraphVerdict(None, False, {"batch": 3}).describe()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import fxtrt
 from torch.export import Dim
 
 from fxtrt.errors import ConfigError
@@ -32,19 +34,62 @@ def _dim(step=None):
     return DynamicDim("h", 4, 16, 64, ((0, 1),), 16, step)
 
 
-def test_an_assert_failing_inside_the_range_names_the_first_size():
-    ep = _export(NotMultipleOfThree(), 16)
-    with pytest.raises(ConfigError, match=r"fails at h=6") as info:
-        check_deferred_asserts(ep, [_dim()])
+def test_an_assert_failing_inside_the_range_is_a_hole_sampled_where_it_fails():
+    check = check_deferred_asserts(_export(NotMultipleOfThree(), 16), [_dim()])
+    (hole,) = check.holes
+    assert hole.points == ({"h": 6}, {"h": 36}, {"h": 63}), "first, middle and last of 6, 9, ..., 63"
+    assert "Ne(Mod(h, 3), 0)" in hole.fact and hole.covers({"batch": 2, "h": 36}) and not hole.covers({"h": 7})
     # torch records no stack for some deferred asserts; then there is no line, never torch's own
-    assert info.value.source is None or "test_guards.py" in info.value.source
+    assert hole.source is None or "test_guards.py" in hole.source
 
 
 def test_a_step_restricts_the_check_to_the_sizes_claimed():
-    ep = _export(EvenSplit(), 16, step=2)
-    check_deferred_asserts(ep, [_dim(step=2)])  # only even sizes are claimed: nothing fails
-    with pytest.raises(ConfigError, match=r"fails at h=5"):
-        check_deferred_asserts(_export(EvenSplit(), 16), [_dim()])
+    assert check_deferred_asserts(_export(EvenSplit(), 16, step=2), [_dim(step=2)]).holes == ()
+    assert check_deferred_asserts(_export(EvenSplit(), 16), [_dim()]).holes[0].points[0] == {"h": 5}
+
+
+def test_a_hole_where_the_model_cannot_run_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"which fails at h=5.*at h=5 the model fails") as info:
+        fxtrt.compile(EvenSplit(), torch.randn(2, 16), batch=None, dynamic={0: {1: ("h", 4, 16, 64)}},
+                      out_dir=tmp_path / "out")
+    assert info.value.source is not None and "test_guards.py" in info.value.source
+    assert not (tmp_path / "out").exists()
+
+
+class SliceOfPadded(torch.nn.Module):
+    """torch assumes the crop ``[:h]`` of the 2*ceil(h/2) upsampled pool is not a no-op: false
+    for every even h, yet the graph computes the right values there too."""
+
+    def forward(self, x):
+        up = torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True).repeat_interleave(2, 2).repeat_interleave(2, 3)
+        return x + up[:, :, : x.size(2), : x.size(3)]
+
+
+class ParityBranch(torch.nn.Module):
+    def forward(self, x):
+        if x.size(2) % 4 == 0:  # another path at multiples of 4
+            return x * 2
+        return x + 1
+
+
+def test_a_hole_where_the_graph_is_right_is_verified_there_and_served(tmp_path):
+    r = ("hw", 8, 11, 20)
+    compiled = fxtrt.compile(SliceOfPadded(), torch.randn(1, 4, 11, 11), batch=(1, 2, 4), dynamic={0: {2: r, 3: r}},
+                             out_dir=tmp_path / "out")
+    assert {r.sizes["hw"] for r in compiled.report.verification} >= {8, 14, 20}
+    assert any("which fails at hw=8, hw=14, hw=20: the artifact is verified at those sizes too" in n
+               for n in compiled.report.notes)
+    x = torch.randn(3, 4, 16, 16)
+    torch.testing.assert_close(compiled(x), SliceOfPadded()(x), atol=1e-5, rtol=1e-4)
+
+
+def test_a_hole_where_the_model_takes_another_path_names_the_assumption(tmp_path):
+    r = ("hw", 8, 11, 20)
+    with pytest.raises(fxtrt.VerificationError, match=r"assuming Ne\(Mod\(hw, 4\), 0\), which fails at hw=8, "
+                                                      r"hw=16, hw=20; there the artifact differs"):
+        fxtrt.compile(ParityBranch(), torch.randn(1, 4, 11, 11), batch=(1, 2, 4), dynamic={0: {2: r, 3: r}},
+                      out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_asserts_that_hold_everywhere_are_counted_in_a_note():
