@@ -27,7 +27,8 @@ from fxtrt.backend.verify import verify as verify_artifact  # compile() has a ve
 from fxtrt.debug import PassDebugger
 from fxtrt.errors import ConfigError, StructureError
 from fxtrt.frontend.bind import bind, resolve_dims
-from fxtrt.frontend.capture import CapturedGraph, capture, check_hole_runs
+from fxtrt.frontend.capture import CapturedGraph, capture
+from fxtrt.frontend.guards import check_hole_runs
 from fxtrt.frontend.inputs import inputs_at
 from fxtrt.frontend.state import ModuleState
 from fxtrt.passes import PassContext, resolve, run_passes

@@ -31,7 +31,7 @@ from fxtrt.errors import CaptureError, ConfigError, GeneralizationError, Structu
 from fxtrt.frontend.bind import output_names
 from fxtrt.frontend.export import (SolverFailure, Violation, dim_reason, dynamic_shapes, eager_failure, export_once, first_lines,
                                    suggested_fixes, torch_dims)
-from fxtrt.frontend.guards import Hole, check_deferred_asserts
+from fxtrt.frontend.guards import Hole, check_deferred_asserts, check_hole_runs
 from fxtrt.frontend.inputs import diff_sizes, grid_sizes, inputs_at, symbolic_size
 from fxtrt.frontend.state import ModuleState
 from fxtrt.settings import DynamicDim, Settings
@@ -432,19 +432,6 @@ def capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings:
     return CapturedGraph(captures, out_spec, example, settings.input_names, output_names(out_spec),
                          dims=run.dim_records(), checks=checks, program=program, notes=notes, exports=run.exports,
                          holes=checked.holes)
-
-
-def check_hole_runs(model: torch.nn.Module, example: tuple[torch.Tensor, ...], dims: Sequence[DynamicDim],
-                    hole: Hole) -> None:
-    """The model must run eagerly where a fact torch assumed fails; verification checks the rest."""
-    for point in hole.points:
-        failure = eager_failure(model, inputs_at(example, dims, point))
-        if failure is not None:
-            sizes = ", ".join(f"{k}={v}" for k, v in point.items())
-            raise ConfigError(f"{hole.describe()}, and at {sizes} the model fails: {failure[0]}",
-                              source=failure[1] or hole.source,
-                              hint="give the dim a step, (min, opt, max, step), so that only sizes the model serves "
-                                   "are claimed, or narrow the range")
 
 
 def flatten_outputs(outputs: Any) -> list[Any]:

@@ -26,6 +26,9 @@ from typing import Any, Sequence
 import sympy
 import torch
 
+from fxtrt.errors import ConfigError
+from fxtrt.frontend.export import eager_failure
+from fxtrt.frontend.inputs import inputs_at
 from fxtrt.frontend.source import location_of_frames
 from fxtrt.settings import DynamicDim
 
@@ -187,3 +190,16 @@ def _hole(ra: Any, expr: sympy.Expr, free: list, failed: list[tuple[int, ...]], 
         except Exception:  # a traceback torch could not render: no line, the fact still stands
             loc = None
     return Hole(str(expr.xreplace(names)), str(loc) if loc else None, points)
+
+
+def check_hole_runs(model: torch.nn.Module, example: tuple[torch.Tensor, ...], dims: Sequence[DynamicDim],
+                    hole: Hole) -> None:
+    """The model must run eagerly where a fact torch assumed fails; verification checks the rest."""
+    for point in hole.points:
+        failure = eager_failure(model, inputs_at(example, dims, point))
+        if failure is not None:
+            sizes = ", ".join(f"{k}={v}" for k, v in point.items())
+            raise ConfigError(f"{hole.describe()}, and at {sizes} the model fails: {failure[0]}",
+                              source=failure[1] or hole.source,
+                              hint="give the dim a step, (min, opt, max, step), so that only sizes the model serves "
+                                   "are claimed, or narrow the range")
