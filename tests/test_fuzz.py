@@ -90,3 +90,18 @@ def test_a_fixed_seed_subset_keeps_the_promise(subset):
             if "read" in r["unservable"]:
                 assert r["source_at"] == "hazard", r
     print(f"{N} generated models in {wall:.0f} s: {dict(outcomes)}")
+
+
+def test_sub_specs_shrink_to_the_blocks_a_failure_needs():
+    """What --shrink relies on: Hypothesis, searching sub_specs for a failure, ends at the fewest
+    blocks that still fail (here a stand-in failure that needs input_read and batch_stat)."""
+    from hypothesis import HealthCheck, Phase, find, settings
+
+    from benchmarks.hazards import sub_specs
+
+    spec = ModelSpec(layout="seq", blocks=(("view_sizes", 0), ("input_read", 0), ("bool_mask", 1), ("batch_stat", 0)))
+    needed = {"input_read", "batch_stat"}
+    small = find(sub_specs(spec), lambda s: needed <= {n for n, _ in s.blocks},
+                 settings=settings(max_examples=200, database=None, phases=[Phase.generate, Phase.shrink],
+                                   suppress_health_check=list(HealthCheck)))
+    assert small.blocks == (("input_read", 0), ("batch_stat", 0))

@@ -140,3 +140,30 @@ def test_a_solver_that_fails_everywhere_is_bypassed_with_dim_dynamic(tmp_path):
     compiled = _compile(model, torch.randn(1, 4, 12, 12), tmp_path, batch=(1, 3, 8), dynamic={0: {2: r, 3: r}})
     assert any("Dim.DYNAMIC" in n for n in compiled.report.notes)
     _check(compiled, model, (2, 4, 13, 13), (7, 4, 24, 24), (1, 4, 16, 16), (3, 4, 25, 25))
+
+
+class BakedBatch(torch.nn.Module):
+    """seed 0, models 20, 396 (baked_size#0, batch 1..4, example batch 2): the batch is baked by
+    ``int(x.size(0))``, and the trace sizes for the fit skipped the example's own size, leaving
+    3 and 4. Before: a GeneralizationError "too few sizes to fit"."""
+
+    def forward(self, x):
+        n = int(x.size(0))
+        return torch.tanh(x.reshape(n, -1)).reshape(x.shape)
+
+
+def test_a_narrow_batch_range_still_fits_a_baked_batch(tmp_path):
+    model = BakedBatch()
+    compiled = _compile(model, torch.randn(2, 4, 6, 6), tmp_path, batch=(1, 2, 4))
+    assert compiled.buckets is None
+    _check(compiled, model, (1, 4, 6, 6), (3, 4, 6, 6), (4, 4, 6, 6))
+
+
+def test_a_dim_specialised_at_its_trace_size_is_traced_at_another_first(tmp_path):
+    """seed 0, model 222 (floordiv_window#0, seq 4..13 traced at 4): at 4 the pad to a multiple
+    of 4 is 0 and torch specialises seq to 4; traced by diffing, the pad is not affine in seq.
+    Before: a GeneralizationError. Now the capture is tried at 5 first, where torch keeps seq."""
+    model = PadToMultipleOfFour()
+    compiled = _compile(model, torch.randn(2, 4, 8), tmp_path, batch=None, dynamic={0: {1: ("seq", 4, 4, 13)}})
+    assert compiled.report.stages["capture"]["dims"]["seq"]["how"] == "symbolic from capture"
+    _check(compiled, model, (2, 5, 8), (2, 8, 8), (2, 13, 8), (2, 6, 8))
