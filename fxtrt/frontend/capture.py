@@ -298,9 +298,10 @@ class _Capturer:
             fix = fixes.get(d.name)
             if fix is None or d.name in self.baked:
                 continue
-            if isinstance(fix, int) and fix == self.sizes[d.name] and d.name not in self.moved:
+            if isinstance(fix, int) and fix == self.sizes[d.name] and not d.is_batch and d.name not in self.moved:
                 # specialised to the size it was traced at: often a fact of that size only (a pad
-                # to a multiple of 4 that is 0 there); traced at the next grid size first
+                # to a multiple of 4 that is 0 there); traced at the next grid size first (not the
+                # batch, which int(x.size(0)) bakes at every size)
                 later = [g for g in grid_sizes(d, fix + 1)][:1] or [g for g in grid_sizes(d, 2) if g < fix][-1:]
                 self.moved.add(d.name)
                 if later:
