@@ -175,24 +175,3 @@ def test_a_position_dependent_loop_is_served_in_one_padded_call_and_chunking_is_
     assert any("batches above 16 are not served" in n for n in compiled.report.notes)
     with pytest.raises(fxtrt.ConfigError, match="serves at most 16 samples per call.*17 as 16\\+1"):
         compiled(torch.randn(17, 8))
-
-
-class BatchStatisticLoop(torch.nn.Module):
-    """A per-sample loop and a statistic over the batch: the padding rows change the statistic."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(8, 4)
-
-    def forward(self, x):
-        return torch.stack([self.fc(img) for img in x]) - x.mean(0)[:4]
-
-
-def test_a_loop_with_a_batch_statistic_is_refused_naming_padding_not_passes(tmp_path):
-    with pytest.raises(fxtrt.VerificationError) as info:
-        fxtrt.compile(BatchStatisticLoop().eval(), torch.randn(1, 8), batch=(1, 8, 16), out_dir=tmp_path / "out")
-    message = str(info.value)
-    assert "exactly a bucket (1, 4, 8, 16)" in message and "not independent" in message
-    assert "3 as 3->4" in message and "13 as 13->16" in message
-    assert "pass" not in message.replace("padded", "") and "debug_dir" not in (info.value.hint or "")
-    assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ from benchmarks.fuzz import check_sizes, generate, load_model_module, markdown, 
 from benchmarks.hazards import BLOCKS, ModelSpec, render
 
 SEED = 20261202
-N = 20
+N = 10
 
 
 def test_every_block_variant_runs_eagerly_and_keeps_the_layout(tmp_path):

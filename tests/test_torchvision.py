@@ -2,7 +2,8 @@
 
 compile()'s own verification runs each model against eager at batches 1, 3, 8 and 32 with
 Polygraphy; the tests check that it did, and check one more size independently through
-``compiled(...)``. Image sizes are reduced where the architecture allows, to keep the suite fast.
+``compiled(...)``. Image sizes are reduced where the architecture allows, to keep the suite fast;
+vit_b_16 runs in the fidelity benchmark (``python -m benchmarks.fidelity --models tv/vit_b_16``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ MODELS = {
     "resnet50": 64,
     "mobilenet_v3_small": 64,
     "shufflenet_v2_x0_5": 64,
-    "vit_b_16": 64,  # same depth and width as at 224, 16 patches instead of 196
 }
 
 
