@@ -4,6 +4,7 @@ The pipeline is ``frontend`` (torch.export capture) → ``passes`` (graph rewrit
 (ONNX emission, cleanup, verification) → ``Report``.
 """
 from fxtrt.api import CompiledModel, compile
+from fxtrt.artifacts.loading import load
 from fxtrt.onnx_export import onnx_export
 from fxtrt.errors import (
     CaptureError,
@@ -14,6 +15,7 @@ from fxtrt.errors import (
     GeneralizationError,
     PassError,
     PrecisionError,
+    RunError,
     StructureError,
     VerificationError,
 )
@@ -26,5 +28,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CaptureError", "CompiledModel", "ConfigError", "EmitError", "EngineError", "FxtrtError",
     "Change", "Explanation", "GeneralizationError", "PassContext", "PassError", "PassResult", "PrecisionError",
-    "Report", "StructureError", "VerificationError", "compile", "explain", "onnx_export",
+    "Report", "RunError", "StructureError", "VerificationError", "compile", "explain", "onnx_export",
 ]

@@ -6,8 +6,10 @@ is checked is its own business (:mod:`fxtrt.artifacts`); this module only orders
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -15,6 +17,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from fxtrt.artifacts import REPORT_FILE, Artifact, ArtifactDir, BucketSet, EngineSet, Fp16Model, OnnxModel
+from fxtrt.artifacts.claims import Claims, stamp_dims
+from fxtrt.artifacts.loading import SERVING, serving_record
 from fxtrt.artifacts.compiled_model import CompiledModel
 from fxtrt.artifacts.onnx_model import MODEL_FILE, bucket_file
 from fxtrt.backend.buckets import fallback
@@ -25,19 +29,41 @@ from fxtrt.backend.emit import dim_names, emit_onnx
 from fxtrt.backend.verify import ReferenceRunner, VerifyRow
 from fxtrt.backend.verify import verify as verify_artifact  # compile() has a verify= argument
 from fxtrt.debug import PassDebugger
-from fxtrt.errors import ConfigError, StructureError
+from fxtrt.backend.verify import without_staging
+from fxtrt.errors import ConfigError, FxtrtError, StructureError
 from fxtrt.frontend.bind import bind, resolve_dims
 from fxtrt.frontend.capture import CapturedGraph, capture
+from fxtrt.frontend.export import describe_failure, eager_failure
 from fxtrt.frontend.guards import check_hole_runs
 from fxtrt.frontend.inputs import inputs_at
+from fxtrt.frontend.squeezes import check_squeezes
 from fxtrt.frontend.state import ModuleState
 from fxtrt.passes import PassContext, resolve, run_passes
 from fxtrt.report import Report, capture_stage
 from fxtrt.settings import Settings, make_settings
+from fxtrt.torch_log import collect_torch_log
 
 log = logging.getLogger("fxtrt")
 
 
+def _typed_errors(fn):
+    """Whatever escapes compile is an FxtrtError: an exception of another type becomes one, at the
+    user's line where its traceback passes through their code."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FxtrtError:
+            raise
+        except Exception as exc:
+            message, source = describe_failure(exc)
+            raise FxtrtError(f"compile failed: {type(exc).__name__}: {without_staging(message)}", source=source,
+                             hint="fxtrt did not expect this failure; please report it with the model "
+                                  "(this error's __cause__ has the full traceback)") from exc
+    return wrapper
+
+
+@_typed_errors
 def compile(
     model: torch.nn.Module,
     example_inputs: Any = None,
@@ -71,7 +97,8 @@ def compile(
     dim, or an ``FxtrtError`` says which node and which line of the user's code is at fault.
 
     ``debug_dir`` gets a dump of the graph after every pass and turns on a numeric check after
-    each one (it is written as the run goes, failures included). ``trace_divergence`` runs the
+    each one (it is written as the run goes, failures included). torch's own logging goes to
+    ``report.stages["torch_log"]`` and ``debug_dir/torch_log.txt``, not the terminal. ``trace_divergence`` runs the
     layer-wise ONNX-vs-FX comparison even when verification passes; it always runs on failure.
 
     ``buckets=(1, 4, 8, 16)`` compiles one static-batch model per size instead of one dynamic
@@ -103,7 +130,8 @@ def compile(
     total = (5 if settings.verify else 4) + (settings.precision == "fp16") + (settings.target == "tensorrt")
 
     # The eager runs of verification may cache on the model too; compile leaves it as it found it.
-    with ModuleState(user_model), ArtifactDir(settings.out_dir) as stage:
+    with ModuleState(user_model), ArtifactDir(settings.out_dir) as stage, _torch_log(settings.debug_dir) as torch_log:
+        _run_example(model, inputs, binding.names)
         settings, captured, gm, artifact = _lower_artifact(model, inputs, settings, pipeline, report, stage.path, total)
         # The one reference of this compile: each size's PyTorch outputs are computed once.
         reference = ReferenceRunner(model, inputs, settings.dims, captured.input_names, captured.output_names)
@@ -132,11 +160,43 @@ def compile(
                     _check(engines, verify_artifact(engines, reference, engines.points, engines.tolerance), report)
 
         report.artifacts = stage.index(artifact, engines)
+        claims = Claims.of(captured.input_names, [tuple(t.shape) for t in inputs], artifact.claimed())
+        report.stages[SERVING] = serving_record(artifact, claims, captured.output_names, captured.out_spec)
+        if torch_log.records:
+            report.stages["torch_log"] = torch_log.stage()
         report.write(stage.path / REPORT_FILE)
     log.info("artifacts in %s", stage.final)
     assert stage.final is not None
-    return CompiledModel(artifact.moved_to(stage.final), report, captured, settings, binding, graph_module=gm,
-                         engines=engines.moved_to(stage.final) if engines is not None else None)
+    compiled = CompiledModel(artifact.moved_to(stage.final), report, captured, settings, binding, graph_module=gm,
+                             engines=engines.moved_to(stage.final) if engines is not None else None, claims=claims)
+    stage.remove_with(compiled)  # a temp dir of its own (no out_dir) goes when the model does
+    return compiled
+
+
+@contextlib.contextmanager
+def _torch_log(debug_dir: Path | None):
+    """torch's logging while compile runs: kept (for ``report.stages["torch_log"]``), written to
+    ``debug_dir`` whether compile succeeds or fails, never printed."""
+    with collect_torch_log() as torch_log:
+        try:
+            yield torch_log
+        finally:
+            if debug_dir is not None and torch_log.records:
+                torch_log.write(Path(debug_dir))
+
+
+def _run_example(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: Sequence[str]) -> None:
+    """The model on its own example, eagerly, in eval mode (as it is compiled), its state restored
+    after: a model that cannot run its example is a ConfigError before any work."""
+    with ModuleState(model):
+        model.eval()
+        failure = eager_failure(model, inputs)
+    if failure is not None:
+        message, source = failure
+        example = ", ".join(f"{n}: {str(t.dtype).replace('torch.', '')} {tuple(t.shape)}" for n, t in zip(names, inputs))
+        raise ConfigError(f"the model fails on its own example ({example}): {message}", source=source,
+                          hint="give an example the model runs on eagerly in eval mode (its dtypes, shapes and "
+                               "device): compile traces the model on it")
 
 
 def _check(artifact: Artifact, rows: list[VerifyRow], report: Report, divergence: Any = None) -> Artifact:
@@ -169,7 +229,7 @@ def _lower_artifact(
     """The dynamic model, or (asked for, or when the graph's structure follows the batch) a bucket set."""
     if settings.buckets is None:
         try:
-            captured, gm = _lower(model, inputs, settings, pipeline, report, stage_dir / MODEL_FILE, total)
+            settings, captured, gm = _lower(model, inputs, settings, pipeline, report, stage_dir / MODEL_FILE, total)
             return settings, captured, gm, OnnxModel.compiled(stage_dir / MODEL_FILE, captured, settings)
         except StructureError as exc:
             if settings.batch is None:
@@ -185,8 +245,10 @@ def _lower_artifact(
     paths: dict[int, Path] = {}
     for b in settings.buckets:
         paths[b] = stage_dir / bucket_file(b)
-        captured, _ = _lower(model, inputs_at(inputs, [batch], {batch.name: b}), static, pipeline, report, paths[b],
-                             total, label=f"batch {b}")
+        static, captured, _ = _lower(model, inputs_at(inputs, [batch], {batch.name: b}), static, pipeline, report,
+                                     paths[b], total, label=f"batch {b}")
+    settings = dataclasses.replace(settings, dims=(batch, *static.dims))
+    report.settings["dims"] = [d.to_dict() for d in settings.dims]
     report.stages.setdefault("buckets", {"buckets": list(settings.buckets), "automatic": False,
                                          "why": "buckets= was given"})
     bucket_set = BucketSet.compiled(paths, captured, settings)
@@ -205,12 +267,17 @@ def _lower(
     dest: Path,
     total: int,
     label: str = "",
-) -> tuple[CapturedGraph, torch.fx.GraphModule]:
+) -> tuple[Settings, CapturedGraph, torch.fx.GraphModule]:
     """capture → passes → emit → cleanup → ``dest``: the one pipeline every ONNX file goes through
-    (the dynamic model, and each static model of a bucket set, labelled "batch 4")."""
+    (the dynamic model, and each static model of a bucket set, labelled "batch 4"). The settings
+    it returns hold the dims as captured (dims torch.export proves equal are one)."""
     with report.timed("capture", 1, total, label):
         captured = capture(model, inputs, settings)
+        check_squeezes(captured.base.gm, settings.dims)
     report.note(captured.notes)
+    if captured.declared != settings.dims:
+        settings = dataclasses.replace(settings, dims=captured.declared)
+        report.settings["dims"] = [d.to_dict() for d in settings.dims]
 
     with report.timed("passes", 2, total, label):
         observer = None
@@ -236,8 +303,9 @@ def _lower(
         report.ops_before, report.ops_after = cleaned.ops_before, cleaned.ops_after
         check_dynamic_dims(cleaned.model, captured, settings)
         report.io = dim_names(cleaned.model)
+        stamp_dims(cleaned.model, settings.dims, captured.input_names)
         save_onnx(cleaned.model, dest, settings.external_data_threshold)
-    return captured, gm
+    return settings, captured, gm
 
 
 def _copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule | None:

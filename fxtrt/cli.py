@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import shutil
+import signal
 import sys
+import tempfile
 from typing import Any, Sequence
 
 import torch
 
+from fxtrt import __version__
 from fxtrt.errors import ConfigError, FxtrtError
-from fxtrt.settings import PRECISIONS, TARGETS
+from fxtrt.settings import DEFAULT_BATCH, PRECISIONS, TARGETS, Settings
+from fxtrt.termination import SIGTERM_STATUS, Terminated, sigterm_raises
+
+SIGINT_STATUS = 128 + signal.SIGINT  # 130, the shell's status for a process ended by Ctrl-C
 
 
 def _ints(text: str, sep: str, what: str) -> tuple[int, ...]:
@@ -64,54 +72,82 @@ def parse_dynamic(items: Sequence[str]) -> dict[int | str, dict[int, Any]] | Non
     return out or None
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (or "required"), unless it already says it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "default:" in action.help:
+            return action.help
+        if action.required and action.option_strings:
+            return f"{action.help} (required)" if action.help else "(required)"
+        return super()._get_help_string(action)
+
+
+def _settings_defaults() -> dict[str, Any]:
+    """compile()'s defaults, from where they are written once: the Settings dataclass."""
+    return {f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fxtrt", description="PyTorch → dynamic-batch ONNX that matches the original.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    default = _settings_defaults()
+    batch = ":".join(map(str, DEFAULT_BATCH))
 
-    c = sub.add_parser("compile", help="compile a model to ONNX and verify it")
+    c = sub.add_parser("compile", help="compile a model to ONNX and verify it", formatter_class=_HelpFormatter)
     c.add_argument("spec", help="the model, built offline with random weights: torchvision:NAME, timm:NAME[:JSON kwargs], "
                    "transformers:CLASS[:JSON config overrides] (e.g. transformers:BertModel:'{\"num_hidden_layers\":2}'), "
                    "ultralytics:FILE.yaml (e.g. yolov8n.yaml), package.module:factory or path/to/file.py:factory")
     c.add_argument("--input", action="append", required=True, metavar="[NAME=]SHAPE[:DTYPE]",
                    help="an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs; "
                         "NAME= passes it by keyword (input_ids=1x16:int64), and an int *mask is all ones")
-    c.add_argument("--batch", default="1:8:32", help="MIN:OPT:MAX batch sizes to serve, or 'none' (default 1:8:32)")
-    c.add_argument("--batch-dims", help="per input, the batch dim or 'none', e.g. 1,1 (default 0 for all)")
+    c.add_argument("--batch", default=batch, help="MIN:OPT:MAX batch sizes to serve, or 'none'")
+    c.add_argument("--batch-dims", help="per input, the batch dim or 'none', e.g. 1,1 (default: 0 for every input)")
     c.add_argument("--dynamic", action="append", default=[], metavar="I:D=[NAME:]MIN:OPT:MAX[:STEP]",
                    help="another dynamic dim, e.g. 0:1=20:1000:2000, or 0:2=320:640:1280:32 for multiples "
-                        "of 32 (repeatable; the same range on several dims is one symbol, e.g. H = W)")
-    c.add_argument("--out", help="artifact directory (default: a new temporary directory)")
-    c.add_argument("--opset", type=int, default=17)
-    c.add_argument("--atol", type=float, default=1e-4)
-    c.add_argument("--rtol", type=float, default=1e-3)
+                        "of 32 (repeatable; dims are independent unless given one NAME, e.g. "
+                        "0:2=side:320:640:1280:32 and 0:3=side:320:640:1280:32 for H = W; default: none)")
+    c.add_argument("--out", help="artifact directory; files an earlier compile wrote there are replaced "
+                                  "(default: a new temporary directory, kept)")
+    c.add_argument("--opset", type=int, default=default["opset"], help="ONNX opset")
+    c.add_argument("--atol", type=float, default=default["atol"], help="absolute tolerance of the check")
+    c.add_argument("--rtol", type=float, default=default["rtol"], help="relative tolerance of the check")
     c.add_argument("--no-verify", action="store_true", help="skip the check against the original (not recommended)")
     c.add_argument("--seed", type=int, default=0, help="seed for the random weights and example inputs")
-    c.add_argument("--debug-dir", help="dump the graph after every pass here, and check each pass numerically")
+    c.add_argument("--debug-dir", help="dump the graph after every pass here, and check each pass numerically "
+                                        "(default: none, no dumps)")
     c.add_argument("--trace-divergence", action="store_true",
                    help="compare every ONNX intermediate with the FX graph, even when verification passes")
-    c.add_argument("--target", choices=TARGETS, default="onnx",
+    c.add_argument("--target", choices=TARGETS, default=default["target"],
                    help="tensorrt: also plan TensorRT engines and write build_engines.sh (built here only with "
                         "TensorRT and a GPU)")
-    c.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    c.add_argument("--precision", choices=PRECISIONS, default=default["precision"],
                    help="fp16: also write model_fp16.onnx, repaired and verified at --fp16-atol/--fp16-rtol")
     c.add_argument("--buckets", type=parse_buckets, metavar="B1,B2,...",
-                   help="one static-batch model per size, e.g. 1,4,8,16, served as one model (replaces --batch)")
-    c.add_argument("--keep-dynamic", default="batch", metavar="DIM",
-                   help="with --target tensorrt and several dynamic dims, the one that stays dynamic (default batch)")
-    c.add_argument("--fp16-atol", type=float, default=1e-2)
-    c.add_argument("--fp16-rtol", type=float, default=1e-2)
+                   help="one static-batch model per size, e.g. 1,4,8,16, served as one model (replaces --batch; "
+                        "default: none, one dynamic-batch model)")
+    c.add_argument("--keep-dynamic", default=default["keep_dynamic"], metavar="DIM",
+                   help="with --target tensorrt and several dynamic dims, the one that stays dynamic")
+    c.add_argument("--fp16-atol", type=float, default=default["fp16_atol"],
+                   help="absolute tolerance of the fp16 model's check")
+    c.add_argument("--fp16-rtol", type=float, default=default["fp16_rtol"],
+                   help="relative tolerance of the fp16 model's check")
 
-    e = sub.add_parser("explain", help="list what would break a dynamic export, with source lines; emit nothing")
+    e = sub.add_parser("explain", help="list what would break a dynamic export, with source lines; emit nothing",
+                       formatter_class=_HelpFormatter)
     e.add_argument("spec", help="the model, built offline with random weights: torchvision:NAME, timm:NAME[:JSON kwargs], "
                    "transformers:CLASS[:JSON config overrides] (e.g. transformers:BertModel:'{\"num_hidden_layers\":2}'), "
                    "ultralytics:FILE.yaml (e.g. yolov8n.yaml), package.module:factory or path/to/file.py:factory")
-    e.add_argument("--input", action="append", required=True, metavar="SHAPE[:DTYPE]")
-    e.add_argument("--batch", default="1:8:32")
-    e.add_argument("--batch-dims")
-    e.add_argument("--dynamic", action="append", default=[], metavar="I:D=MIN:OPT:MAX")
+    e.add_argument("--input", action="append", required=True, metavar="SHAPE[:DTYPE]",
+                   help="an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs")
+    e.add_argument("--batch", default=batch, help="MIN:OPT:MAX batch sizes to serve, or 'none'")
+    e.add_argument("--batch-dims", help="per input, the batch dim or 'none', e.g. 1,1 (default: 0 for every input)")
+    e.add_argument("--dynamic", action="append", default=[], metavar="I:D=MIN:OPT:MAX",
+                   help="another dynamic dim, e.g. 0:1=20:1000:2000 (repeatable; default: none)")
     e.add_argument("--json", action="store_true", help="machine-readable output")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="seed for the random weights and example inputs")
 
     sub.add_parser("passes", help="list the registered passes in the order they run")
     return parser
@@ -160,14 +196,21 @@ def _compile(args: argparse.Namespace) -> int:
     from fxtrt.api import compile as fxtrt_compile
 
     model, inputs = _load(args)
-    compiled = fxtrt_compile(
-        model, inputs, batch=parse_batch(args.batch), batch_dims=parse_batch_dims(args.batch_dims),
-        dynamic=parse_dynamic(args.dynamic), out_dir=args.out, opset=args.opset,
-        atol=args.atol, rtol=args.rtol, verify=not args.no_verify,
-        debug_dir=args.debug_dir, trace_divergence=args.trace_divergence,
-        target=args.target, precision=args.precision, buckets=args.buckets, keep_dynamic=args.keep_dynamic,
-        fp16_atol=args.fp16_atol, fp16_rtol=args.fp16_rtol,
-    )
+    # compile() removes a temp dir of its own with the model; the command's artifacts outlive it.
+    out = args.out or tempfile.mkdtemp(prefix="fxtrt-")
+    try:
+        compiled = fxtrt_compile(
+            model, inputs, batch=parse_batch(args.batch), batch_dims=parse_batch_dims(args.batch_dims),
+            dynamic=parse_dynamic(args.dynamic), out_dir=out, opset=args.opset,
+            atol=args.atol, rtol=args.rtol, verify=not args.no_verify,
+            debug_dir=args.debug_dir, trace_divergence=args.trace_divergence,
+            target=args.target, precision=args.precision, buckets=args.buckets, keep_dynamic=args.keep_dynamic,
+            fp16_atol=args.fp16_atol, fp16_rtol=args.fp16_rtol,
+        )
+    except BaseException:
+        if args.out is None:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     print(compiled.report.to_text())
     print(f"\nartifacts written to {compiled.onnx_path.parent}")
     return 0
@@ -179,15 +222,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("fxtrt").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        if args.command == "compile":
-            return _compile(args)
-        if args.command == "explain":
-            return _explain(args)
-        if args.command == "passes":
-            return _passes(args)
+        with sigterm_raises():
+            if args.command == "compile":
+                return _compile(args)
+            if args.command == "explain":
+                return _explain(args)
+            if args.command == "passes":
+                return _passes(args)
     except FxtrtError as exc:
         print(f"fxtrt: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        print(f"fxtrt: {args.command} interrupted (SIGINT); nothing was written", file=sys.stderr)
+        return SIGINT_STATUS
+    except Terminated:
+        print(f"fxtrt: {args.command} terminated (SIGTERM); nothing was written", file=sys.stderr)
+        return SIGTERM_STATUS
     return 0
 
 

@@ -7,6 +7,7 @@
     DIR/NN_<pass>/nodes.txt         one row per node: name, op, target, args, shape, user's file:line
     DIR/NN_<pass>/diff.patch        unified diff of graph.py against the previous step
     DIR/NN_<pass>/changes.json      the pass's change records
+    DIR/torch_log.txt               what torch logged (or printed) during compile, if anything
 
 and runs the rewritten GraphModule against the original model after every pass (Torch-TensorRT's
 ``validate_inference``, for every pass). The first pass that breaks the match stops the run

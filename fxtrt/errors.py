@@ -71,5 +71,9 @@ class PrecisionError(VerificationError):
     """Reduced precision cannot be made to match, even after repair."""
 
 
+class RunError(FxtrtError):
+    """A compiled artifact failed to run on the inputs it was given (ONNX Runtime raised)."""
+
+
 class EngineError(FxtrtError):
     """A TensorRT engine could not be planned or built."""

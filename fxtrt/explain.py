@@ -6,6 +6,7 @@ says what the hazard is and what compile() will do about it (or why it cannot).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import linecache
 from dataclasses import dataclass, field
@@ -141,7 +142,8 @@ def explain(
         found.add("range-limit", None, KINDS["range-limit"], f"cannot: {exc.message}; {exc.hint or ''}".strip(),
                   fixable=False, source=exc.source)
         return Explanation(name, dims, list(found.entries.values()))
-    dims = [{**d, **captured.dims[d["name"]].to_dict()} for d in dims]
+    settings = dataclasses.replace(settings, dims=captured.declared)
+    dims = [{**d.to_dict(), **captured.dims[d.name].to_dict()} for d in settings.dims]
 
     gm = copy.deepcopy(captured.base.gm)
     captured.captures[0].gm = gm

@@ -178,13 +178,21 @@ def _check_dim(arg: str, inputs: Sequence[torch.Tensor], i: int, d: int) -> None
         )
 
 
+def default_dim_name(input_names: Sequence[str], i: int, axis: int) -> str:
+    """The name of an unnamed dynamic dim: its input and axis (``x_dim2``, ``input_ids_dim1``)."""
+    return f"{input_names[i]}_dim{axis}" if i < len(input_names) else f"input_{i}_dim{axis}"
+
+
 def make_dims(
     inputs: Sequence[torch.Tensor],
     batch: Any,
     batch_dims: Any,
     dynamic: Any,
+    input_names: Sequence[str] | None = None,
 ) -> tuple[DynamicDim, ...]:
-    """Validate batch / batch_dims / dynamic into named dims; batch first."""
+    """Validate batch / batch_dims / dynamic into named dims; batch first. Unnamed dims are
+    independent and named after their input and axis."""
+    names = tuple(input_names) if input_names is not None else tuple(f"input_{i}" for i in range(len(inputs)))
     dims: list[DynamicDim] = []
     if batch is not None:
         lo, opt, hi = _range("batch", batch)
@@ -229,21 +237,44 @@ def make_dims(
                     raise ConfigError(f"dynamic: input {i} dim {d} is already the batch dim")
                 name, rng, step = _dynamic_spec(f"dynamic[{i}][{d}]", spec)
                 size = int(inputs[i].shape[d])
-                # Unnamed dims with the same range and example size are one symbol (x: 1xTx80, mask: 1x1xT).
-                key = name or (rng, step, size)
+                # Dims are independent unless they share a name (torch.onnx's convention: separate
+                # Dims are independent); capture merges dims torch.export proves equal.
+                key = name or (i, d)
                 g = groups.setdefault(key, {"name": name, "range": rng, "step": step, "sites": [], "size": size})
                 if g["range"] != rng or g["step"] != step or g["size"] != size:
-                    raise ConfigError(f"dynamic dim {name!r} is given different ranges, steps or example sizes")
+                    raise ConfigError(f"dynamic dim {name!r} is given different ranges, steps or example sizes: "
+                                      f"{g['range']} step {g['step']} size {g['size']} at input {g['sites'][0][0]} "
+                                      f"dim {g['sites'][0][1]}, {rng} step {step} size {size} at input {i} dim {d}",
+                                      hint="one name is one size: give the dims the same range, or different names")
                 g["sites"].append((i, d))
         used = {"batch"}
         for g in groups.values():
-            name = g["name"] or "dim{}_{}".format(*g["sites"][0])
+            name = g["name"] or default_dim_name(names, *g["sites"][0])
             if name in used:
                 raise ConfigError(f"dynamic dim name {name!r} is used twice")
             used.add(name)
             lo, opt, hi = g["range"]
             dims.append(DynamicDim(name, lo, opt, hi, tuple(g["sites"]), g["size"], g["step"]))
     return tuple(dims)
+
+
+def merge_dims(dims: Sequence[DynamicDim], a: str, b: str, input_names: Sequence[str]) -> tuple[DynamicDim, ...]:
+    """``dims`` with ``a`` and ``b`` one symbol (torch.export proved them equal). The batch, else a
+    name the user gave, names it; their declarations must agree, or serving one size under two
+    independent claims would be a lie (ConfigError)."""
+    first, second = [d for d in dims if d.name in (a, b)]  # in declaration order
+
+    def default(d: DynamicDim) -> bool:
+        return d.name == default_dim_name(input_names, *d.sites[0])
+
+    keep, drop = (second, first) if second.is_batch or (default(first) and not default(second)) else (first, second)
+    if (keep.min, keep.max, keep.step) != (drop.min, drop.max, drop.step) or keep.example != drop.example:
+        raise ConfigError(
+            f"the model needs dims '{a}' and '{b}' to be one size, but they are declared independently with "
+            f"different ranges ({drop.min}..{drop.max} and {keep.min}..{keep.max}) or example sizes",
+            hint=f"declare them with one name and one range, e.g. ('{keep.name}', min, opt, max) on both")
+    merged = DynamicDim(keep.name, keep.min, keep.opt, keep.max, keep.sites + drop.sites, keep.example, keep.step)
+    return tuple(merged if d is keep else d for d in dims if d is not drop)
 
 
 def check_out_dir(out_dir: Any, arg: str = "out_dir") -> Path | None:
@@ -313,11 +344,12 @@ def make_settings(
     buckets = _check_buckets(buckets, batch)
     if buckets is not None:
         batch = (buckets[0], buckets[len(buckets) // 2], buckets[-1])
-    dims = make_dims(inputs, batch, batch_dims, dynamic)
+    input_names = tuple(input_names) if input_names is not None else input_names_of(model, len(inputs))
+    dims = make_dims(inputs, batch, batch_dims, dynamic, input_names)
     _check_keep_dynamic(keep_dynamic, dims, target, buckets)
     return Settings(
         dims=dims,
-        input_names=tuple(input_names) if input_names is not None else input_names_of(model, len(inputs)),
+        input_names=input_names,
         opset=opset, target=target, precision=precision, passes=passes,
         verify=bool(verify), atol=float(atol), rtol=float(rtol),
         out_dir=check_out_dir(out_dir),

@@ -165,7 +165,7 @@ def test_structure_depending_on_a_non_batch_dim_is_refused_with_source_line(tmp_
     with pytest.raises(fxtrt.StructureError) as info:
         fxtrt.compile(sm.PerStepLoop(), torch.randn(1, 4, 8), batch=None, dynamic={0: {1: (2, 4, 8)}}, out_dir=out)
     assert info.value.source == f"{SEED_FILE}:{sm.line_of(sm.PerStepLoop, 'step-loop')}"
-    assert "structure depends on the size of 'dim0_1'" in str(info.value)
+    assert "structure depends on the size of 'x_dim1'" in str(info.value)
     assert not out.exists()
 
 

@@ -95,10 +95,12 @@ def test_a_stepped_dim_from_the_command_line(tmp_path):
                  "--dynamic", "0:2=64:64:128:32", "--dynamic", "0:3=64:64:128:32", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
-    (dim,) = [d for d in report["settings"]["dims"] if d["name"] != "batch"]
-    assert dim["step"] == 32 and dim["sites"] == [[0, 2], [0, 3]]
-    sizes = {r["sizes"][dim["name"]] for r in report["verification"]}
-    assert sizes <= {64, 96, 128} and {64, 128} <= sizes, "verified on the grid only"
+    h, w = [d for d in report["settings"]["dims"] if d["name"] != "batch"]
+    assert (h["name"], w["name"]) == ("x_dim2", "x_dim3"), "unnamed dims are independent, named by input and axis"
+    assert h["step"] == w["step"] == 32 and h["sites"] == [[0, 2]] and w["sites"] == [[0, 3]]
+    for dim in (h, w):
+        sizes = {r["sizes"][dim["name"]] for r in report["verification"]}
+        assert sizes <= {64, 96, 128} and {64, 128} <= sizes, "verified on the grid only"
 
 
 def test_named_inputs_compile_a_keyword_model(tmp_path):

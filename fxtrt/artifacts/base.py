@@ -26,8 +26,9 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.datatype import DataType
 from polygraphy.logger import G_LOGGER
 
-from fxtrt.backend.verify import Tolerance, VerifyRow, format_rows, raise_on_failure
-from fxtrt.errors import VerificationError
+from fxtrt.artifacts.claims import DimClaim
+from fxtrt.backend.verify import Tolerance, VerifyRow, format_rows, raise_on_failure, runtime_error
+from fxtrt.errors import FxtrtError, RunError, VerificationError
 
 
 class Artifact(abc.ABC):
@@ -107,6 +108,11 @@ class Artifact(abc.ABC):
         """Its files under their ``report.artifacts`` keys."""
         return {}
 
+    def claimed(self) -> tuple["DimClaim", ...]:
+        """The dynamic dims it serves, with the ranges it was verified over (every call is checked
+        against them before it runs: :class:`fxtrt.artifacts.claims.Claims`)."""
+        return tuple(DimClaim.of(d) for d in getattr(self, "dims", ()))
+
     def record(self) -> dict[str, dict[str, Any]]:
         """What it adds to ``report.stages``, by stage name."""
         return {}
@@ -115,12 +121,21 @@ class Artifact(abc.ABC):
         """Serve one call (torch tensors or arrays, in input order) through :meth:`runner`, so what
         runs is what verification checked. Inputs are cast to the types the artifact declares."""
         runner = self._serving
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL), runner:
-            feed = OrderedDict()
-            for (name, meta), value in zip(runner.get_input_metadata(use_numpy_dtypes=False).items(), inputs):
-                arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-                feed[name] = arr.astype(_numpy_dtype(meta.dtype, arr.dtype), copy=False)
-            outputs = runner.infer(feed, check_inputs=False)
+        try:
+            with G_LOGGER.verbosity(G_LOGGER.CRITICAL), runner:
+                feed = OrderedDict()
+                for (name, meta), value in zip(runner.get_input_metadata(use_numpy_dtypes=False).items(), inputs):
+                    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+                    feed[name] = arr.astype(_numpy_dtype(meta.dtype, arr.dtype), copy=False)
+                outputs = runner.infer(feed, check_inputs=False)
+        except FxtrtError:
+            raise
+        except Exception as exc:  # onnxruntime and Polygraphy raise their own types
+            shapes = ", ".join(str(tuple(np.shape(v))) for v in inputs)
+            raise runtime_error(exc, f"{self.primary.name} failed to run on inputs of shapes {shapes}", self.files,
+                                RunError, hint="check that the original model accepts these inputs (index values in "
+                                               "range, sizes within the dims of report.io): the message names the "
+                                               "ONNX node that failed") from exc
         return tuple(outputs.values())
 
     @functools.cached_property

@@ -32,6 +32,7 @@ import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
+from fxtrt.artifacts.claims import DimClaim
 from fxtrt.artifacts.base import Artifact, in_ranges
 from fxtrt.artifacts.onnx_model import OnnxModel
 from fxtrt.backend.buckets import (
@@ -349,6 +350,17 @@ class BucketSet(Artifact):
 
     def index(self) -> dict[str, Path]:
         return {"onnx": self.primary, **{f"onnx_b{b}": p for b, p in self.server.paths.items()}}
+
+    def claimed(self) -> tuple[DimClaim, ...]:
+        """The batch from 1 (a call is padded to the smallest bucket that holds it) to the largest
+        bucket, or without an upper end where verification showed chunks match the model."""
+        largest = self.buckets[-1]
+        chunked = self.server.no_chunks is None
+        batch = DimClaim(BATCH_NAME, 1, None if chunked else largest, None, tuple(self.batch.sites), self.batch.opt,
+                         f"padded to buckets {', '.join(map(str, self.buckets))}"
+                         + (f"; above {largest} in chunks" if chunked else
+                            f"; serves at most {largest} samples per call: {self.server.no_chunks}"))
+        return (batch, *(DimClaim.of(d) for d in self.others))
 
     def record(self) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {"models": {str(b): p.name for b, p in self.server.paths.items()},

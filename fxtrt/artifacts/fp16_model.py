@@ -27,6 +27,7 @@ from polygraphy.backend.base import BaseRunner
 
 from fxtrt.artifacts.base import Artifact
 from fxtrt.artifacts.bucket_set import BucketSet
+from fxtrt.artifacts.claims import DimClaim
 from fxtrt.artifacts.onnx_model import OnnxModel, onnx_file
 from fxtrt.backend.cleanup import save_onnx
 from fxtrt.backend.fp16 import DEFAULT_FP32_OPS, Fp16Result, KeptNode, convert_to_fp16, repair_fp16
@@ -196,6 +197,9 @@ class Fp16Model(Artifact):
 
     def describe(self, sizes: Mapping[str, int]) -> str:
         return self.half.describe(sizes)
+
+    def claimed(self) -> tuple[DimClaim, ...]:
+        return self.half.claimed()
 
     def members(self) -> dict[int | None, Artifact]:
         return self.half.members()

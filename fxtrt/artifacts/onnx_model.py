@@ -17,6 +17,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.logger import G_LOGGER
 
 from fxtrt.artifacts.base import Artifact, in_ranges
+from fxtrt.artifacts.claims import DimClaim
 from fxtrt.backend.verify import Tolerance, verification_points
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.settings import DynamicDim, Settings
@@ -111,6 +112,10 @@ class OnnxModel(Artifact):
 
     def index(self) -> dict[str, Path]:
         return {"onnx": self.path}
+
+    def claimed(self) -> tuple[DimClaim, ...]:
+        """Its dims; a size ``fixed`` (a bucket's batch) is no dim it serves but a static size."""
+        return tuple(DimClaim.of(d) for d in self.dims if d.name not in self.fixed)
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.path})"

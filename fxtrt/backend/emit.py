@@ -30,6 +30,7 @@ from fxtrt.frontend.export import dynamic_shapes, torch_dims
 from fxtrt.frontend.guards import AssertCheck, Hole, check_deferred_asserts
 from fxtrt.frontend.source import location_of_traceback, source_of
 from fxtrt.settings import DynamicDim
+from fxtrt.torch_log import collect_torch_log
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[
         ep = ep.run_decompositions(table)
     sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_loggers("torch.onnx", "onnxscript"):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), collect_torch_log():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 ep, inputs, dynamo=True, opset_version=max(opset, EXPORTER_OPSET),
@@ -260,20 +261,6 @@ def _graph_node(ep: torch.export.ExportedProgram, name: str | None, target: str 
         except Exception:  # noqa: BLE001 - the error is reported without its source line
             log.debug("could not decompose the program as torch.onnx does to find %s", name or target, exc_info=True)
     return found
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str):
-    """torch.onnx logs its own progress and opset warnings; fxtrt reports what matters itself."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 _SYMBOL = re.compile(r"\b[a-z]+\d+\b")

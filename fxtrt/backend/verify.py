@@ -18,14 +18,16 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -35,8 +37,10 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.logger import G_LOGGER
 
-from fxtrt.errors import VerificationError
+from fxtrt.errors import FxtrtError, VerificationError
+from fxtrt.frontend.export import describe_failure
 from fxtrt.frontend.inputs import grid_sizes, inputs_at, verification_sizes
+from fxtrt.frontend.source import onnx_node_source
 from fxtrt.settings import DynamicDim
 
 if TYPE_CHECKING:  # the artifacts build on this module; it only calls their interface
@@ -105,8 +109,19 @@ class TorchRunner(BaseRunner):
         start = time.perf_counter()
         args = [torch.from_numpy(np.ascontiguousarray(feed_dict[n])).to(dt)
                 for n, dt in zip(self.input_names, self.input_dtypes)]
-        with torch.no_grad():
-            out = self.model(*args)
+        try:
+            with torch.no_grad():
+                out = self.model(*args)
+        except FxtrtError:
+            raise
+        except Exception as exc:  # the user's model, at a size of the declared ranges
+            message, source = describe_failure(exc)
+            shapes = ", ".join(f"{n} {tuple(a.shape)}" for n, a in zip(self.input_names, args))
+            raise VerificationError(
+                f"the original model fails eagerly at input shapes {shapes}, so it cannot be checked there: "
+                f"{type(exc).__name__}: {message}", source=source,
+                hint="the model must run at every size of the declared ranges: narrow them (min/max), or give the "
+                     "dim a step that skips the sizes where it fails") from exc
         leaves = pytree.tree_leaves(out)
         if len(leaves) != len(self.output_names):
             raise VerificationError(
@@ -142,14 +157,19 @@ def run_comparison(
     feeds: Sequence[tuple[dict[str, int], dict[str, np.ndarray]]],
     atol: float,
     rtol: float,
+    files: Sequence[Path] = (),
 ) -> list[VerifyRow]:
-    """Run every runner on every feed with Polygraphy's Comparator; compare each to the first."""
+    """Run every runner on every feed with Polygraphy's Comparator; compare each to the first.
+    A runner that raises is a VerificationError (see :func:`runtime_failures`; ``files``: the
+    ONNX files run, for the failing node's line)."""
     from polygraphy.comparator import Comparator
 
     rows: list[VerifyRow] = []
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-        stream = Comparator.run(list(runners), data_loader=[f for _, f in feeds], streaming=True)
-        for (sizes, _), results in zip(feeds, stream):
+        stream = iter(Comparator.run(list(runners), data_loader=[f for _, f in feeds], streaming=True))
+        for sizes, _ in feeds:
+            with runtime_failures(sizes, files):
+                results = next(stream)
             ref_name, ref_iters = results[0]
             ref = ref_iters[0]
             for other_name, other_iters in list(results)[1:]:
@@ -165,6 +185,47 @@ def run_comparison(
                     rows.append(VerifyRow(sizes, name, tuple(r.shape), max_abs, max_rel, ok,
                                           "; ".join(x for x in (label, note) if x)))
     return rows
+
+
+_STAGING_DIR = re.compile(r"[^\s'\"]*\.fxtrt-staging-[^/\\\s]*[/\\]")
+_ORT_NODE = re.compile(r"Name:\s*'([^']+)'|[Nn]ode \(([^)]+)\)")  # run: Name:'n'; load: Node (n), in node (n)
+
+
+def without_staging(text: str) -> str:
+    """``text`` with compile's temporary directory cut from the paths in it (``model.onnx``)."""
+    return _STAGING_DIR.sub("", text)
+
+
+def runtime_error(exc: BaseException, what: str, files: Sequence[Path] = (),
+                  error: type[FxtrtError] = VerificationError, hint: str | None = None) -> FxtrtError:
+    """``exc`` from ONNX Runtime (or another runner) as an fxtrt error: its message without the
+    staging path, the ONNX node it names, and that node's line in the user's model."""
+    detail = without_staging(" ".join(str(exc).split()))[:1500] or type(exc).__name__
+    found = _ORT_NODE.search(detail)
+    node = (found.group(1) or found.group(2)) if found else None
+    source = None
+    for path in files if node else ():
+        if path.suffix == ".onnx" and path.exists():
+            graph = onnx.load(str(path), load_external_data=False).graph
+            match = next((n for n in graph.node if n.name == node), None)
+            if match is not None:
+                source = onnx_node_source(match)
+                break
+    return error(f"{what}: {type(exc).__name__}: {detail}", node=node, source=source,
+                 hint=hint or "the ONNX model fails in ONNX Runtime where the original runs; run with debug_dir=... "
+                              "to see the graph after each pass, and please report it with the model")
+
+
+@contextlib.contextmanager
+def runtime_failures(sizes: Mapping[str, int], files: Sequence[Path] = ()) -> Iterator[None]:
+    """A runner raising during verification at ``sizes``: a VerificationError."""
+    try:
+        yield
+    except FxtrtError:
+        raise
+    except Exception as exc:  # onnxruntime, Polygraphy and TensorRT raise their own types
+        where = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "the example's sizes"
+        raise runtime_error(exc, f"the artifact fails to run at {where} during verification", files) from exc
 
 
 def format_rows(rows: Iterable[VerifyRow]) -> str:
@@ -336,7 +397,7 @@ def verify(
             log.warning("no verification point falls in %s", part)
             continue
         runners = [reference, *part.verify_runners()]
-        for row in run_comparison(runners, reference.feeds(mine), tolerance.atol, tolerance.rtol):
+        for row in run_comparison(runners, reference.feeds(mine), tolerance.atol, tolerance.rtol, part.files):
             served = part.describe(row.sizes)
             if len(runners) > 2 and served:  # the row's note names the runner: "model.engine: tensorrt vs torch"
                 where = f"{served}: {row.note}"

@@ -15,7 +15,9 @@ the signature). The wrapper holds the user's model; nothing is set on the model 
 
 ``output_names`` names the outputs from the model's output structure: dict keys and
 ModelOutput/dataclass fields (``last_hidden_state``, ``out``), positions within them
-(``past_key_values.0.key``), ``output`` for a lone tensor and ``output_N`` for a plain tuple.
+(``output_0.1``), a transformers cache's layers as ``past_key_values.0.key``/``.0.value`` (whatever
+the field holding it is called: transformers 5 calls it ``cache``),
+``output`` for a lone tensor and ``output_N`` for a plain tuple.
 """
 from __future__ import annotations
 
@@ -234,6 +236,24 @@ def resolve_dims(binding: Binding, inputs: Sequence[torch.Tensor], batch: Any, b
 
 
 _KEY = re.compile(r"[^A-Za-z0-9_.]")
+# transformers flattens a DynamicCache (with the pytree registration it provides for torch.export)
+# as {"key_cache": [per layer], "value_cache": [per layer]}; fxtrt names those leaves
+# ``<field>.<layer>.key`` and ``<field>.<layer>.value``.
+_CACHE_KV = {"key_cache": "key", "value_cache": "value"}
+CACHE_NAME = "past_key_values"
+
+
+def _is_cache(node_type: type | None) -> bool:
+    """A transformers ``Cache`` subclass, recognised without importing transformers."""
+    return any(c.__name__ == "Cache" and c.__module__ == "transformers.cache_utils"
+               for c in getattr(node_type, "__mro__", ()))
+
+
+def _node_types(spec: pytree.TreeSpec) -> list[list[type | None]]:
+    """For each leaf in flatten order, the types of the nodes on its path (outermost first)."""
+    if spec.is_leaf():
+        return [[]]
+    return [[spec.type, *below] for child in spec.children() for below in _node_types(child)]
 
 
 def output_names(out_spec: pytree.TreeSpec | None) -> tuple[str, ...]:
@@ -241,20 +261,33 @@ def output_names(out_spec: pytree.TreeSpec | None) -> tuple[str, ...]:
     n = out_spec.num_leaves if out_spec is not None else 1
     if out_spec is None or out_spec.is_leaf():
         return ("output",)
-    paths = [p for p, _ in pytree.tree_flatten_with_path(pytree.tree_unflatten(list(range(n)), out_spec))[0]]
+    # Placeholder leaves are small tensors, not ints: some nodes (a transformers cache) rebuild
+    # themselves from tensors when unflattened.
+    placeholders = [torch.zeros(1, 1, 1, 1) for _ in range(n)]
+    paths = [p for p, _ in pytree.tree_flatten_with_path(pytree.tree_unflatten(placeholders, out_spec))[0]]
     if not any(isinstance(k, (pytree.MappingKey, pytree.GetAttrKey)) for p in paths for k in p):
         return ("output",) if n == 1 else tuple(f"output_{i}" for i in range(n))
     names: list[str] = []
-    for path in paths:
+    for path, nodes in zip(paths, _node_types(out_spec)):
         parts = []
+        kv = None  # "key"/"value" of a cache layer, written after the layer's index
         for depth, k in enumerate(path):
-            if isinstance(k, pytree.MappingKey):
+            if isinstance(k, pytree.MappingKey) and k.key in _CACHE_KV and _is_cache(nodes[depth]):
+                kv = _CACHE_KV[k.key]
+                continue
+            if (isinstance(k, (pytree.MappingKey, pytree.GetAttrKey)) and depth + 1 < len(nodes)
+                    and _is_cache(nodes[depth + 1])):
+                parts.append(CACHE_NAME)  # the name every exporter and runtime knows a KV cache by
+            elif isinstance(k, pytree.MappingKey):
                 parts.append(str(k.key))
             elif isinstance(k, pytree.GetAttrKey):
                 parts.append(k.name)
             else:
                 idx = getattr(k, "idx", k)
                 parts.append(f"output_{idx}" if depth == 0 else str(idx))
+            if kv is not None:
+                parts.append(kv)
+                kv = None
         name = _KEY.sub("_", ".".join(parts)) or "output"
         base, i = name, 2
         while name in names:

@@ -18,6 +18,7 @@ attributes. Every trace starts from the model's state before compile (``ModuleSt
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -30,11 +31,11 @@ import torch.utils._pytree as pytree
 from fxtrt.errors import CaptureError, ConfigError, GeneralizationError, StructureError
 from fxtrt.frontend.bind import output_names
 from fxtrt.frontend.export import (SolverFailure, Violation, dim_reason, dynamic_shapes, eager_failure, export_once, first_lines,
-                                   suggested_fixes, torch_dims)
+                                   proven_relations, suggested_fixes, torch_dims)
 from fxtrt.frontend.guards import Hole, check_deferred_asserts, check_hole_runs
 from fxtrt.frontend.inputs import diff_sizes, grid_sizes, inputs_at, symbolic_size
 from fxtrt.frontend.state import ModuleState
-from fxtrt.settings import DynamicDim, Settings
+from fxtrt.settings import DynamicDim, Settings, merge_dims
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class CapturedGraph:
     exports: int = 1
     holes: tuple[Hole, ...] = ()  # facts torch assumed that fail inside the ranges (verified there)
     pristine: torch.fx.GraphModule | None = None  # the base trace before the passes ran (for diagnosis)
+    declared: tuple[DynamicDim, ...] = ()  # the dims as captured: the settings' dims, with dims torch proves equal merged
 
     @property
     def base(self) -> Capture:
@@ -184,7 +186,47 @@ class _Capturer:
         inputs = inputs_at(self.example, self.dims, sizes)
         log.debug("capturing at %s, symbolic in %s", dict(sizes), sorted(named))
         self.exports += 1
-        return export_once(self.model, inputs, spec)
+        try:
+            return export_once(self.model, inputs, spec)
+        except (Violation, SolverFailure):
+            raise
+        except CaptureError as exc:
+            raise self._model_limit(sizes) or exc
+
+    def _model_limit(self, sizes: Mapping[str, int]) -> ConfigError | None:
+        """A trace failed: if the model itself fails once one dim leaves its example size (a
+        Linear's feature dim declared dynamic), that dim's limit is the model's: a ConfigError
+        with the sizes around the example where it runs."""
+        for d in self.dims:
+            size = sizes.get(d.name, d.example)
+            if d.is_batch or size == d.example:
+                continue
+            failure = self._eager_at(d, size)
+            if failure is None:
+                continue
+            works = [d.example]
+            for step in (1, -1):  # the grid sizes next to the example where the model runs, a few each way
+                grid = [g for g in grid_sizes(d) if (g - d.example) * step > 0][::step][:4]
+                for g in grid:
+                    if self._eager_at(d, g) is not None:
+                        break
+                    works.append(g)
+            lo, hi = min(works), max(works)
+            message, source = failure
+            if lo == hi:
+                hint = f"the model needs '{d.name}' to be {lo}: leave it out of the dynamic dims"
+            else:
+                hint = f"ask for '{d.name}' within {lo}..{hi}; the limit is the model's, not a baked size"
+            return ConfigError(f"dynamic dim '{d.name}' works only for {lo}..{hi} in this model, not {d.min}..{d.max}: "
+                               f"at {d.name}={size} the model fails: {message}", source=source, hint=hint)
+        return None
+
+    def _eager_at(self, d: DynamicDim, size: int) -> tuple[str, str | None] | None:
+        self.state.restore()
+        try:
+            return eager_failure(self.model, inputs_at(self.example, self.dims, {d.name: size}))
+        finally:
+            self.state.restore()
 
     def symbolic(self) -> torch.export.ExportedProgram:
         """The symbolic capture, refined by torch's suggested fixes until it holds."""
@@ -292,6 +334,9 @@ class _Capturer:
         return sizes
 
     def _apply(self, violation: Violation) -> None:
+        relations = proven_relations(violation.message, self.dims)
+        if relations:
+            raise _Related(relations)
         fixes = suggested_fixes(violation, self.dims)
         progress = False
         for d in self.dims:
@@ -395,11 +440,48 @@ class _Capturer:
         return out
 
 
+class _Related(Exception):
+    """torch.export proves declared dims related: capture again with equal ones merged."""
+
+    def __init__(self, relations: list[tuple[str, str, str]]) -> None:
+        super().__init__(relations)
+        self.relations = relations
+
+
 def capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings: Settings) -> CapturedGraph:
     """Capture ``model`` symbolically over the declared ranges, diffing traces only for baked dims.
 
-    The model is left as it was found: attributes, parameters, buffers and training flag.
+    Declared dims are independent; where torch.export proves two of them equal (a speech
+    encoder's ``x: BxTx80`` and ``mask: Bx1xT``), they are merged into one symbol and the capture
+    runs again (``CapturedGraph.declared`` holds the dims as captured). Any other relation between
+    two declared dims is a ConfigError naming it. The model is left as it was found: attributes,
+    parameters, buffers and training flag.
     """
+    merged: list[str] = []
+    for _ in range(len(settings.dims) + 1):
+        try:
+            captured = _capture(model, example, settings)
+        except _Related as related:
+            for a, b, relation in related.relations:
+                if relation != "==":
+                    raise ConfigError(
+                        f"the model ties dynamic dims '{a}' and '{b}' together ({relation}), so they cannot vary "
+                        "independently as declared", hint=f"declare only '{b}' dynamic, or make '{a}' static") from None
+            for a, b, _rel in related.relations:
+                names = {d.name for d in settings.dims}
+                if a in names and b in names and a != b:
+                    settings = dataclasses.replace(settings, dims=merge_dims(settings.dims, a, b, settings.input_names))
+                    merged.append(f"{a} == {b}")
+            continue
+        if merged:
+            captured.notes.insert(0, f"torch.export proves {', '.join(merged)}: each such pair is one dynamic dim, "
+                                     f"{', '.join(d.name for d in settings.dims)}")
+        return captured
+    raise CaptureError("torch.export kept relating the declared dims after fxtrt merged the equal ones",
+                       hint="give dims that must be equal one name")
+
+
+def _capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings: Settings) -> CapturedGraph:
     state = ModuleState(model)
     notes: list[str] = []
     if model.training:
@@ -432,7 +514,7 @@ def capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings:
     notes += run.notes
     return CapturedGraph(captures, out_spec, example, settings.input_names, output_names(out_spec),
                          dims=run.dim_records(), checks=checks, program=program, notes=notes, exports=run.exports,
-                         holes=checked.holes)
+                         holes=checked.holes, declared=settings.dims)
 
 
 def flatten_outputs(outputs: Any) -> list[Any]:

@@ -4,15 +4,21 @@ fxtrt error at the user's line.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import logging
+import re
 import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from fxtrt.errors import CaptureError, GeneralizationError
+from fxtrt.frontend.output_types import register_transformers_caches, unflattenable_output
 from fxtrt.frontend.source import location_of_traceback
 from fxtrt.settings import DynamicDim
+from fxtrt.torch_log import keep_printed
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +85,48 @@ def dynamic_shapes(n_inputs: int, dims: Sequence[DynamicDim], named: Mapping[str
     return tuple(spec)
 
 
+def signature_spec(model: torch.nn.Module, spec: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``spec`` (one entry per positional input) in the structure torch.export matches against
+    forward's signature: inputs that land in ``*args`` are one tuple (``forward(self, *a)`` with
+    two inputs takes ``((spec0, spec1),)``)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return spec
+    if not any(p.kind is p.VAR_POSITIONAL for p in params):
+        return spec
+    out: list[Any] = []
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:  # torch binds an empty *args to nothing
+            return (*out, tuple(spec[len(out):])) if len(out) < len(spec) else tuple(out)
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and len(out) < len(spec):
+            out.append(spec[len(out)])
+    return spec
+
+
 def export_once(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec: Any = None) -> torch.export.ExportedProgram:
     """torch.export (non-strict) with failures turned into fxtrt errors at the user's line.
 
     A constraint violation (a dim the model specialises or limits) is raised as ``Violation``
-    for :func:`capture` to act on.
+    for :func:`capture` to act on. Any other failure is checked against an eager run at the same
+    shapes, so the error says whether the model or torch.export failed.
     """
+    register_transformers_caches()
+    printed = io.StringIO()  # a failed torch.export prints its partial FX graph on stderr, twice
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed):
             warnings.simplefilter("always")
             # Facts torch cannot prove symbolically become runtime asserts, which fxtrt checks over
             # the whole range (frontend.guards) instead of losing the dim.
-            ep = torch.export.export(model, inputs, dynamic_shapes=spec, strict=False,
+            ep = torch.export.export(model, inputs, dynamic_shapes=None if spec is None else signature_spec(model, spec),
+                                     strict=False,
                                      prefer_deferred_runtime_asserts_over_guards=spec is not None)
         for w in {str(w.message) for w in caught}:
             log.debug("torch.export: %s", w)
         return ep
     except Exception as exc:  # torch.export raises many unrelated types
+        if printed.getvalue().strip():
+            keep_printed("torch.export", printed.getvalue())
         text = str(exc)
         if spec is not None and "Suggested fixes" in text and (
                 "Constraints violated" in text or "Specializations unexpectedly required" in text):
@@ -112,10 +143,23 @@ def export_once(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec: 
                 source=source,
                 hint="compute sizes from x.shape instead of from tensor values, or keep that input static",
             ) from exc
+        output_error = unflattenable_output(exc, model)
+        if output_error is not None:
+            raise output_error from exc
+        eager = eager_failure(model, inputs)
+        if eager is not None:
+            raise CaptureError(
+                f"the model itself fails at input shapes {shapes} (run eagerly, without torch.export): {eager[0]}",
+                source=eager[1],
+                hint="fxtrt traces the model at sizes other than the example's: make it run at every size in the "
+                     "declared ranges, or narrow the ranges to where it does",
+            ) from exc
         raise CaptureError(
-            f"torch.export could not capture the model at input shapes {shapes}: {type(exc).__name__}: {message}",
+            f"torch.export could not capture the model at input shapes {shapes}, though the model runs eagerly "
+            f"there: {type(exc).__name__}: {message}",
             source=source,
-            hint="check that the model runs eagerly at these shapes; fxtrt traces it at sizes other than the example's",
+            hint=("torch.export cannot trace the code at that line: rewrite it in torch operations on tensors" if source
+                  else "find the code torch.export names above and rewrite it in torch operations on tensors"),
         ) from exc
 
 
@@ -147,6 +191,30 @@ def suggested_fixes(violation: Violation, dims: Sequence[DynamicDim]) -> dict[st
         elif after is not None:
             lo, hi = getattr(after, "min", None), getattr(after, "max", None)
             out[d.name] = (lo, hi)
+    return out
+
+
+def proven_relations(message: str, dims: Sequence[DynamicDim]) -> list[tuple[str, str, str]]:
+    """``(a, b, relation)`` for each suggested fix that ties two declared dims together: ``a = b``
+    (relation ``"=="``: torch.export proves them one size) or ``a = 2*b`` and the like (relation
+    as torch wrote it). A stepped dim appears to torch as ``NAME_divSTEP``."""
+    names = {d.name: d.name for d in dims}
+    names.update({f"{d.name}_div{d.step}": d.name for d in dims if d.step})
+    _, _, fixes = message.partition("Suggested fixes:")
+    out = []
+    for line in fixes.strip("\n").splitlines():
+        if not line.strip():
+            break
+        lhs, eq, rhs = (part.strip() for part in line.partition("="))
+        if not eq or lhs not in names:
+            continue
+        if rhs in names and names[rhs] != names[lhs]:
+            out.append((names[lhs], names[rhs], "=="))
+            continue
+        other = next((names[w] for w in re.findall(r"[A-Za-z_]\w*", rhs) if w in names and names[w] != names[lhs]),
+                     None)
+        if other is not None:
+            out.append((names[lhs], other, f"{lhs} = {rhs}"))
     return out
 
 

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
 import torch
 
-from fxtrt.errors import ConfigError
+from fxtrt.errors import ConfigError, FxtrtError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def load_model(spec: str) -> torch.nn.Module:
         factory = getattr(module, attr, None)
         if factory is None:
             raise ConfigError(f"{source} has no attribute {attr!r}")
-        model = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+        model = _call_factory(factory, spec) if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"{spec} did not give a torch.nn.Module but a {type(model).__name__}")
     return model.eval()
@@ -185,6 +187,29 @@ def _fill_zero_parameters(model: torch.nn.Module, spec: str) -> None:
                  spec, ", ".join(filled))
 
 
+def _call_factory(factory: Callable[[], Any], spec: str) -> Any:
+    """``factory()``; what it raises is the user's code failing, a ConfigError at its line, not a traceback."""
+    try:
+        return factory()
+    except FxtrtError:
+        raise
+    except Exception as exc:
+        try:
+            home, line = inspect.getsourcefile(factory), inspect.getsourcelines(factory)[1]
+        except (TypeError, OSError):
+            home, line = None, None
+        source = _raised_at(exc, home) or (f"{home}:{line}" if home else None)
+        raise ConfigError(f"model spec {spec!r}: the factory raised {type(exc).__name__}: {exc}", source=source,
+                          hint="fix the factory, or run it in Python to see the full traceback") from exc
+
+
+def _raised_at(exc: BaseException, filename: str | None) -> str | None:
+    """``file:line`` of the deepest frame of ``exc`` in ``filename`` (the user's file), else the deepest one."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if filename is not None and f.filename == filename] or frames[-1:]
+    return f"{mine[-1].filename}:{mine[-1].lineno}" if mine else None
+
+
 def _import(source: str):
     if source.endswith(".py") or "/" in source or "\\" in source:
         path = Path(source).expanduser().resolve()
@@ -196,12 +221,26 @@ def _import(source: str):
             raise ConfigError(f"cannot import {path}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise _import_error(str(path), exc) from exc
         return module
     try:
         return importlib.import_module(source)
     except ImportError as exc:
         raise ConfigError(f"cannot import {source!r}: {exc}") from exc
+    except Exception as exc:
+        raise _import_error(source, exc) from exc
+
+
+def _import_error(source: str, exc: Exception) -> ConfigError:
+    """The user's module failed to import: a syntax error at its line, or what its top level raised."""
+    if isinstance(exc, SyntaxError):
+        return ConfigError(f"cannot import {source}: syntax error: {exc.msg}",
+                           source=f"{exc.filename}:{exc.lineno}" if exc.filename and exc.lineno else None)
+    return ConfigError(f"cannot import {source}: {type(exc).__name__}: {exc}", source=_raised_at(exc, source))
 
 
 def parse_input(text: str, generator: torch.Generator) -> torch.Tensor:

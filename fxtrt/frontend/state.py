@@ -17,13 +17,14 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_CONTAINERS = (list, dict, set)
+_CONTAINERS = (list, dict, set)  # and their subclasses: OrderedDict hook tables, defaultdicts
 
 
 @dataclass
 class _Saved:
     module: torch.nn.Module
     attrs: dict[str, Any]
+    contents: dict[str, Any]  # the contents of container attributes, restored into the same objects
     parameters: dict[str, Any]
     buffers: dict[str, Any]
     modules: dict[str, Any]
@@ -35,18 +36,22 @@ class ModuleState:
     """``state = ModuleState(model)``; ``state.restore()`` before each trace and at the end
     (``with ModuleState(model):`` restores on leaving the block).
 
-    Plain attributes are kept by value one level deep (a list the forward appends to is restored
-    too); buffers by value, since a forward may update them in place; parameters by identity,
-    with a warning if a forward changed one in place (copying every weight would double memory).
+    Plain attributes are kept by identity and, for containers, by contents one level deep: a list
+    the forward appends to, and the hook tables (``_forward_hooks``) a first forward registers
+    into (transformers installs its output-capturing hooks then, and marks the model hooked). The
+    containers are refilled in place, so a user's ``RemovableHandle`` still points at the table
+    the module uses. Buffers are kept by value, since a forward may update them in place;
+    parameters by identity, with a warning if a forward changed one in place (copying every
+    weight would double memory). Attributes a forward adds are deleted.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self._saved: list[_Saved] = []
         for module in model.modules():
-            attrs = {k: _copy(v) for k, v in vars(module).items()
-                     if k not in ("_parameters", "_buffers", "_modules")}
+            attrs = {k: v for k, v in vars(module).items() if k not in ("_parameters", "_buffers", "_modules")}
+            contents = {k: _contents(v) for k, v in attrs.items() if isinstance(v, _CONTAINERS)}
             self._saved.append(_Saved(
-                module, attrs, dict(module._parameters), dict(module._buffers), dict(module._modules),
+                module, attrs, contents, dict(module._parameters), dict(module._buffers), dict(module._modules),
                 {k: b.detach().clone() for k, b in module._buffers.items() if isinstance(b, torch.Tensor)},
                 {k: p._version for k, p in module._parameters.items() if p is not None},
             ))
@@ -64,7 +69,9 @@ class ModuleState:
                 if k not in s.attrs:
                     delattr(m, k)
             for k, v in s.attrs.items():
-                object.__setattr__(m, k, _copy(v))
+                if k in s.contents:
+                    _refill(v, s.contents[k])
+                object.__setattr__(m, k, v)
             m._parameters.clear()
             m._parameters.update(s.parameters)
             m._buffers.clear()
@@ -84,5 +91,16 @@ class ModuleState:
                     s.parameter_versions[k] = p._version
 
 
-def _copy(value: Any) -> Any:
-    return type(value)(value) if type(value) in _CONTAINERS else value
+def _contents(value: Any) -> Any:
+    return list(value.items()) if isinstance(value, dict) else list(value)
+
+
+def _refill(container: Any, contents: list[Any]) -> None:
+    """Put ``contents`` back into ``container`` itself, in their order."""
+    container.clear()
+    if isinstance(container, dict):
+        container.update(contents)
+    elif isinstance(container, list):
+        container.extend(contents)
+    else:
+        container.update(contents)

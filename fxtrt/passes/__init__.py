@@ -12,6 +12,7 @@ import torch.fx
 
 from fxtrt.errors import ConfigError, FxtrtError, PassError
 from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
+from fxtrt.passes.drop_noop_squeezes import drop_noop_squeezes
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.fix_dtypes import fix_dtypes
 from fxtrt.passes.fold_constant_reads import fold_constant_reads
@@ -25,6 +26,7 @@ REGISTRY: dict[str, PassFn] = {
     "fold_constant_reads": fold_constant_reads,
     "generalize_batch": generalize_batch,
     "max_pool_1d_as_2d": max_pool_1d_as_2d,
+    "drop_noop_squeezes": drop_noop_squeezes,
     "canonicalize_flatten": canonicalize_flatten,
     "relax_views": relax_views,
     "fix_dtypes": fix_dtypes,

@@ -123,7 +123,7 @@ def test_a_clean_model_is_one_symbolic_capture_over_every_dim():
     cg = capture(model, (x,), settings_for(model, (x,), dynamic={0: {2: (32, 64, 96), 3: (32, 64, 96)}}))
     assert cg.exports == 1 and len(cg.captures) == 1 and not cg.checks and cg.symbolic
     assert {d.how for d in cg.dims.values()} == {SYMBOLIC}
-    assert cg.dims["dim0_2"].low == 32 and cg.dims["dim0_2"].high == 96
+    assert cg.dims["x_dim2"].low == 32 and cg.dims["x_dim2"].high == 96
     assert cg.program is not None
 
 
@@ -151,7 +151,7 @@ def test_the_zero_one_rule_traces_from_above_and_serves_from_min():
     model = StridedAdd().eval()
     x = torch.randn(1, 4, 40)
     cg = capture(model, (x,), settings_for(model, (x,), batch=(1, 2, 4), dynamic={0: {2: (4, 40, 80)}}))
-    assert cg.dims["dim0_2"].how == SYMBOLIC and cg.dims["dim0_2"].low > 4
+    assert cg.dims["x_dim2"].how == SYMBOLIC and cg.dims["x_dim2"].low > 4
     assert any("only from" in n for n in cg.notes)
 
 

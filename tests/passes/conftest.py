@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -15,7 +17,8 @@ def trace(model, example, *, batch=(1, 8, 32), batch_dims=None, dynamic=None):
                              opset=17, target="onnx", precision="fp32", passes=None, verify=True,
                              atol=1e-4, rtol=1e-3)
     captured = capture(model.eval(), inputs, settings)
-    return captured.base.gm, PassContext(settings, captured)
+    # as compile() does: the dims as captured (dims torch.export proves equal are one)
+    return captured.base.gm, PassContext(dataclasses.replace(settings, dims=captured.declared), captured)
 
 
 @pytest.fixture
