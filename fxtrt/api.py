@@ -21,8 +21,8 @@ from fxtrt.artifacts.claims import Claims, stamp_dims
 from fxtrt.artifacts.loading import SERVING, serving_record
 from fxtrt.artifacts.compiled_model import CompiledModel
 from fxtrt.artifacts.onnx_model import MODEL_FILE, bucket_file
-from fxtrt.backend.buckets import fallback
-from fxtrt.backend.cleanup import check_dynamic_dims, cleanup, save_onnx
+from fxtrt.backend.buckets import BatchSizeRead, batch_size_read, fallback
+from fxtrt.backend.cleanup import check_dynamic_dims, cleanup, restore_dim_names, save_onnx
 from fxtrt.backend.divergence import graph_verdict
 from fxtrt.backend.divergence import trace_divergence as first_divergence  # and a trace_divergence= one
 from fxtrt.backend.emit import dim_names, emit_onnx
@@ -138,7 +138,10 @@ def compile(
         if settings.verify:
             with report.timed("verify", 5, total):
                 rows = verify_artifact(artifact, reference, artifact.points, artifact.tolerance)
-            divergence = _divergence(rows, report, settings, gm, artifact, captured, total, model) if gm is not None else None
+            if gm is not None:
+                divergence = _divergence(rows, report, settings, gm, artifact, captured, total, model)
+            else:  # a bucket set: no FX graph to compare; whether the model reads the batch size instead
+                divergence = _batch_size_read(rows, model, inputs, settings, report)
             artifact = _check(artifact, rows, report, divergence)
         else:
             report.notes.append("verification was skipped (verify=False): nothing checks this model against the original")
@@ -206,6 +209,18 @@ def _check(artifact: Artifact, rows: list[VerifyRow], report: Report, divergence
     report.verification += rows
     artifact.check(rows, divergence)
     return artifact
+
+
+def _batch_size_read(rows: list[VerifyRow], model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
+                     settings: Settings, report: Report) -> BatchSizeRead | None:
+    """Where a bucket set fails verification: whether the model reads the batch size as a value."""
+    if settings.batch is None or all(r.passed for r in rows):
+        return None
+    with ModuleState(model):
+        read = batch_size_read(model, inputs, settings.batch, settings.atol, settings.rtol)
+    if read is None:
+        return None
+    return dataclasses.replace(read, source=report.stages.get("buckets", {}).get("source"))
 
 
 def _divergence(rows: list[VerifyRow], report: Report, settings: Settings, gm: torch.fx.GraphModule,
@@ -285,6 +300,7 @@ def _lower(
             observer = PassDebugger(settings.debug_dir, model, captured, settings)
         pristine = _copy(captured.base.gm) if not label else None
         gm, report.passes = run_passes(captured.base.gm, PassContext(settings, captured), pipeline, observer)
+        report.note(n for r in report.passes for n in r.notes)  # subgraphs a pass left as captured
         captured = dataclasses.replace(captured, pristine=pristine)
 
     if not label:
@@ -301,6 +317,7 @@ def _lower(
         cleaned = cleanup(emitted.model, size_limit=settings.external_data_threshold)
         report.note(cleaned.notes)
         report.ops_before, report.ops_after = cleaned.ops_before, cleaned.ops_after
+        report.note(restore_dim_names(cleaned.model, captured, settings))
         check_dynamic_dims(cleaned.model, captured, settings)
         report.io = dim_names(cleaned.model)
         stamp_dims(cleaned.model, settings.dims, captured.input_names)

@@ -24,6 +24,7 @@ from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.fix_dtypes import fix_dtypes
 from fxtrt.passes.fold_constant_reads import fold_constant_reads
 from fxtrt.passes.generalize_batch import rewrite_size_literals, value_dependent_nodes
+from fxtrt.passes.scalar_reads_as_tensors import scalar_reads_as_tensors
 from fxtrt.settings import make_settings
 
 KINDS = {
@@ -151,6 +152,7 @@ def explain(
     drop_shape_guards(gm, ctx)
     for c in fold_constant_reads(gm, ctx).changes:
         found.add("constant-read", None, KINDS["constant-read"], f"fold {c.before} to {c.after}", source=c.source)
+    scalar_reads_as_tensors(gm, ctx)  # reads that only scale tensors are served; the rest are listed below
 
     if settings.dims:
         for node in value_dependent_nodes(gm):

@@ -96,6 +96,9 @@ class Artifact(abc.ABC):
         at which a fact torch assumed fails, that assumption is the cause, and the error says so."""
         bad = [r for r in rows if not r.passed]
         hole = next((h for h in self.holes if bad and all(h.covers(r.sizes) for r in bad)), None)
+        limit = hole.limit([r.sizes for r in bad]) if hole is not None else None
+        if limit is not None:
+            raise limit
         if hole is not None:
             raise VerificationError(
                 f"{hole.describe()}; there the artifact differs from the model, which takes another path at those "

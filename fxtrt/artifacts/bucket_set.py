@@ -36,6 +36,7 @@ from fxtrt.artifacts.claims import DimClaim
 from fxtrt.artifacts.base import Artifact, in_ranges
 from fxtrt.artifacts.onnx_model import OnnxModel
 from fxtrt.backend.buckets import (
+    BatchSizeRead,
     bucket_points,
     bucket_verification_sizes,
     input_metadata,
@@ -310,6 +311,18 @@ class BucketSet(Artifact):
             return
         exact = {r.sizes[BATCH_NAME] for r in rows if r.sizes[BATCH_NAME] in self.buckets}
         failed = sorted({r.sizes[BATCH_NAME] for r in bad})
+        if exact and not exact & set(failed) and isinstance(divergence, BatchSizeRead):
+            a, b = divergence.sizes
+            raise VerificationError(
+                f"the bucket set matches the model at every batch that is exactly a bucket, but not where a batch "
+                f"is padded: the model reads the batch size as a value (len(x), x.shape[0] in arithmetic), so a "
+                f"batch padded to a bucket sees the bucket's size (one sample copied to batch {a} and {b} gives "
+                f"different outputs for it) (|a-b| <= {self.tolerance.atol:g} + {self.tolerance.rtol:g}*|ref|):\n"
+                f"{format_rows(rows)}",
+                rows=list(rows), source=divergence.source,
+                hint="compute without the batch size (it is the number of samples, not a value), or serve only "
+                     "batches that are exactly a bucket (buckets=...)",
+            )
         if exact and not exact & set(failed):
             how = ", ".join(f"{n} as {self.server.describe_plan(n)}" for n in failed)
             raise VerificationError(

@@ -161,7 +161,7 @@ class Fp16Model(Artifact):
     def tolerance_for(settings: Settings) -> Tolerance:
         """The fp16 tolerances, named in every fp16 verification row."""
         atol, rtol = settings.fp16_atol, settings.fp16_rtol
-        return Tolerance(atol, rtol, f"fp16 (atol={atol:g}, rtol={rtol:g})")
+        return Tolerance(atol, rtol, f"fp16 (atol={atol:g}, rtol={rtol:g})", roundoff=False)
 
     @classmethod
     def convert(cls, fp32: OnnxModel | BucketSet, reference: ReferenceRunner | None, directory: Path,

@@ -14,13 +14,17 @@ Example::
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import onnx
+import torch
+import torch.utils._pytree as pytree
 from polygraphy.common import TensorMetadata
 
 from fxtrt.errors import StructureError
+from fxtrt.frontend.inputs import resize_dim
 from fxtrt.settings import DynamicDim
 
 
@@ -150,3 +154,49 @@ def input_metadata(onnx_path: Path, dynamic_sites: Sequence[tuple[int, int]] = (
                 shape[axis] = None
         meta.add(vi.name, dtype=dtype, shape=shape)
     return meta
+
+
+@dataclass(frozen=True)
+class BatchSizeRead:
+    """Diagnosis for a bucket set that fails only where a batch is padded: the model reads the
+    batch size itself as a value (``len(x)``, ``x.shape[0]`` in arithmetic), seen with identical
+    samples, so no statistic over the batch can explain it. ``source``: where the graph's
+    structure follows the batch, as capture found it."""
+
+    sizes: tuple[int, int]
+    source: str | None = None
+
+
+def batch_size_read(model: torch.nn.Module, example: Sequence[torch.Tensor], batch: DynamicDim,
+                    atol: float, rtol: float) -> BatchSizeRead | None:
+    """Run the model on the example's first sample copied to two batch sizes (copies exactly
+    alike): if that sample's outputs differ, the model reads the batch size as a value."""
+    sizes = tuple(n for n in (batch.min, batch.min + 1, 2, 3) if n >= batch.min and n <= batch.max)
+    pair = tuple(sorted(set(sizes)))[:2]
+    if len(pair) < 2:
+        return None
+    outs = []
+    for n in pair:
+        inputs = list(example)
+        for i, axis in batch.sites:
+            inputs[i] = resize_dim(inputs[i].narrow(axis, 0, 1), axis, n)
+        try:
+            with torch.no_grad():
+                leaves = pytree.tree_leaves(model(*inputs))
+        except Exception:  # a model that cannot run at those sizes: no diagnosis
+            return None
+        outs.append([(t, axis) for t, axis in zip(leaves, _batch_axes(leaves, n))])
+    for (a, axis_a), (b, axis_b) in zip(*outs):
+        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+            continue
+        a0 = a.narrow(axis_a, 0, 1) if axis_a is not None else a
+        b0 = b.narrow(axis_b, 0, 1) if axis_b is not None else b
+        if a0.shape != b0.shape or not torch.allclose(a0.double(), b0.double(), atol=atol, rtol=rtol):
+            return BatchSizeRead(pair)  # type: ignore[arg-type]
+    return None
+
+
+def _batch_axes(leaves: Sequence[object], n: int) -> list[int | None]:
+    return [next((i for i, s in enumerate(t.shape) if s == n), None) if isinstance(t, torch.Tensor) else None
+            for t in leaves]
+

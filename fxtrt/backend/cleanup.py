@@ -103,6 +103,29 @@ def save_onnx(model: onnx.ModelProto, path: Path, threshold: int = PROTOBUF_LIMI
         onnx.save_model(model, str(path))
 
 
+def restore_dim_names(model: onnx.ModelProto, captured: CapturedGraph, settings: Settings) -> list[str]:
+    """Give an input dim that shape inference or onnxsim renamed (``unk__0``) its name back,
+    everywhere that name appears. The dim stayed symbolic; only its name was lost, and
+    verification then checks that it serves every claimed size. A dim that became static is left
+    for :func:`check_dynamic_dims` to refuse."""
+    shapes = dim_names(model)
+    renames: dict[str, str] = {}
+    for d in settings.dims:
+        for i, axis in d.sites:
+            got = shapes.get(captured.input_names[i], [None] * (axis + 1))[axis]
+            if isinstance(got, str) and got and got != d.name and renames.get(got, d.name) == d.name:
+                renames[got] = d.name
+    if not renames:
+        return []
+    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    for value in values:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+    return [f"cleanup renamed dim '{new}' to '{old}'; it was given its name back (verification checks it)"
+            for old, new in sorted(renames.items())]
+
+
 def check_dynamic_dims(model: onnx.ModelProto, captured: CapturedGraph, settings: Settings) -> None:
     """Every output dim that follows a dynamic dim in the capture must be symbolic in the ONNX model,
     and every input dim must carry its dynamic dim's name."""

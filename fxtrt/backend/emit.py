@@ -24,6 +24,8 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from fxtrt.backend.opset import convert_opset
+from fxtrt.backend.recurrent import TRANSLATIONS as RECURRENT_TRANSLATIONS
+from fxtrt.backend.recurrent import recurrent_notes
 from fxtrt.errors import EmitError, GeneralizationError
 from fxtrt.frontend.capture import CapturedGraph, Program
 from fxtrt.frontend.export import dynamic_shapes, torch_dims
@@ -52,7 +54,9 @@ def has_layer_norm(gm: torch.fx.GraphModule) -> bool:
 
 def exported_program(gm: torch.fx.GraphModule, program: Program) -> torch.export.ExportedProgram:
     """``gm`` (flat inputs, weights as attributes) as an ExportedProgram over ``program``'s
-    symbols, with every weight lifted to an input as torch.export would have made it.
+    symbols, with every weight lifted to an input as torch.export would have made it. The
+    subgraphs of higher-order ops (``cond``'s branches, a ``scan``'s body) stay attributes of the
+    root, as torch.export leaves them, and torch.onnx translates those ops to If / Scan / Loop.
 
     Placeholders get fake values from the weights as they are now (a pass may have changed a
     buffer's dtype), and float64 inputs become float32, as the ONNX inputs will be.
@@ -77,6 +81,8 @@ def exported_program(gm: torch.fx.GraphModule, program: Program) -> torch.export
         if node.target in lifted:
             continue
         value = _attr(gm, node.target)
+        if isinstance(value, torch.fx.GraphModule):  # a branch or loop body: stays an attribute
+            continue
         if not isinstance(value, torch.Tensor):
             raise EmitError(f"attribute {node.target} of the graph is a {type(value).__name__}, not a tensor",
                             node=node.name, hint="please report this with the model")
@@ -100,7 +106,7 @@ def exported_program(gm: torch.fx.GraphModule, program: Program) -> torch.export
         specs.append(InputSpec(InputKind.USER_INPUT, TensorArgument(ph.name), None))
     outputs: list[OutputSpec] = []
     for node in gm.graph.nodes:
-        if node.op == "get_attr":
+        if node.op == "get_attr" and node.target in lifted:
             env[node] = lifted[node.target]
         elif node.op == "output":
             outs = tuple(env[a] for a in node.args[0])
@@ -168,7 +174,7 @@ def _reexport(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor], dims: Se
 
 def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[DynamicDim], opset: int) -> Emitted:
     """ONNX for ``gm`` with the dims in ``dims`` symbolic, named as in the settings."""
-    notes: list[str] = []
+    notes: list[str] = recurrent_notes(gm)
     inputs = tuple(t.to(torch.float32) if t.dtype == torch.float64 else t for t in captured.base.inputs)
     holes: tuple[Hole, ...] = ()
     if captured.program is not None:
@@ -192,6 +198,7 @@ def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[
                 ep, inputs, dynamo=True, opset_version=max(opset, EXPORTER_OPSET),
                 input_names=list(captured.input_names), output_names=list(captured.output_names),
                 optimize=True, verbose=False, external_data=True,
+                custom_translation_table=RECURRENT_TRANSLATIONS,  # fxtrt::lstm/gru/rnn -> ONNX LSTM/GRU/RNN
             )
     except Exception as exc:
         raise translation_error(exc, ep, max(opset, EXPORTER_OPSET)) from exc

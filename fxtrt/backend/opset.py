@@ -14,6 +14,7 @@ After  (17):  ReduceMean(x) {axes=[2, 3]}                Split(x)   (equal parts
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 import onnx
 import onnx.numpy_helper
@@ -82,7 +83,7 @@ def _aten_op(node: onnx.NodeProto) -> str | None:
 def _check_ops_exist(model: onnx.ModelProto, opset: int) -> None:
     """Refuse an op that the requested opset does not have, before any conversion runs: ONNX's
     converter would fail on it later with a message about adapters, not about the op."""
-    for node in model.graph.node:
+    for node in _nodes(model):
         if node.domain not in ("", "ai.onnx"):
             continue
         since = lowest_opset(node.op_type)
@@ -99,9 +100,9 @@ def _check_ops_exist(model: onnx.ModelProto, opset: int) -> None:
 def _down_18_to_17(src: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(src)
-    consts = _constants(model.graph)
+    consts = {k: v for g in _graphs(model.graph) for k, v in _constants(g).items()}
     shapes = _static_shapes(model)
-    for node in model.graph.node:
+    for node in _nodes(model):
         if node.domain not in ("", "ai.onnx"):
             continue
         try:
@@ -110,10 +111,31 @@ def _down_18_to_17(src: onnx.ModelProto) -> onnx.ModelProto:
             if exc.source is not None:
                 raise
             raise EmitError(exc.message, node=exc.node, source=onnx_node_source(node), hint=exc.hint) from None
-    for o in model.opset_import:
+    for o in [*model.opset_import, *(o for f in model.functions for o in f.opset_import)]:
         if o.domain in ("", "ai.onnx"):
             o.version = 17
     return model
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every graph inside it (If branches, Loop and Scan bodies), outer first."""
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _graphs(g)
+
+
+def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the model: its graph's, its subgraphs' (torch.cond's branches, a scan's
+    body) and its functions'."""
+    for graph in _graphs(model.graph):
+        yield from graph.node
+    for function in model.functions:
+        yield from function.node
 
 
 def _node_down_18_to_17(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto],
@@ -148,7 +170,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     inferred = onnx.shape_inference.infer_shapes(model)
     out = {}
-    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+    for vi in [vi for g in _graphs(inferred.graph) for vi in (*g.input, *g.value_info, *g.output)]:
         if vi.type.tensor_type.HasField("shape"):
             out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
     return out

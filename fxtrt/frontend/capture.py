@@ -33,7 +33,9 @@ from fxtrt.frontend.bind import output_names
 from fxtrt.frontend.export import (SolverFailure, Violation, dim_reason, dynamic_shapes, eager_failure, export_once, first_lines,
                                    proven_relations, suggested_fixes, torch_dims)
 from fxtrt.frontend.guards import Hole, check_deferred_asserts, check_hole_runs
+from fxtrt.frontend.higher_order import lower_higher_order
 from fxtrt.frontend.inputs import diff_sizes, grid_sizes, inputs_at, symbolic_size
+from fxtrt.frontend.recurrent import recurrent_ops
 from fxtrt.frontend.state import ModuleState
 from fxtrt.settings import DynamicDim, Settings, merge_dims
 
@@ -149,9 +151,22 @@ def _flat_module(ep: torch.export.ExportedProgram) -> torch.fx.GraphModule:
             graph.output(tuple(env[a] for a in pytree.tree_leaves(node.args[0])))
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
-    gm = torch.fx.GraphModule(unlifted, graph)
+    gm = torch.fx.GraphModule(unlifted, graph)  # copies get_attr targets: weights and subgraphs alike
     gm.graph.lint()
-    return gm
+    return lower_higher_order(gm)  # no_grad / autocast regions inlined, map as scan, the rest refused
+
+
+def _distinct(dims: Sequence[DynamicDim], sizes: Mapping[str, int]) -> dict[str, int]:
+    """``sizes`` with no two dims at one size: a dim whose size another already has moves to the
+    nearest free size on its grid (never 0 or 1); where there is none it keeps its own."""
+    out: dict[str, int] = {}
+    for d in dims:
+        size = sizes[d.name]
+        if size in out.values():
+            free = [g for g in itertools.islice(grid_sizes(d, 2), 0, 256) if g not in out.values()]
+            size = min(free, key=lambda g: (abs(g - size), g)) if free else size
+        out[d.name] = size
+    return out
 
 
 class _Capturer:
@@ -169,13 +184,20 @@ class _Capturer:
                 raise ConfigError(f"dynamic dim '{d.name}' range {d.min}..{d.max} (grid {d.grid}) has no size >= 2 "
                                   "to trace at", hint="widen the range, or make the dim static")
             self.sizes[d.name] = s
+        # Independent dims traced at one size let torch derive facts of that size only (a square
+        # example "proves" H == W through a reshape): trace them at distinct sizes, and at the
+        # example's only where the model cannot run otherwise (dims that really are one size).
+        self.given = dict(self.sizes)
+        self.sizes = _distinct(self.dims, self.sizes)
         self.ranges = {d.name: (d.min, d.max) for d in self.dims}
         self.baked: dict[str, str] = {}
         self.moved: set[str] = set()  # dims traced at another size after torch specialised them at theirs
+        self.beyond: list[Hole] = []  # ranges past torch.export's proof, verified there
         self.notes: list[str] = []
         self.exports = 0
 
-    def export(self, sizes: Mapping[str, int], widen: bool = False, auto: bool = False) -> torch.export.ExportedProgram:
+    def export(self, sizes: Mapping[str, int], widen: bool = False, auto: bool = False,
+               limits: bool = True) -> torch.export.ExportedProgram:
         self.state.restore()
         self.model.eval()
         ranges = {n: r for n, r in self.ranges.items() if n not in self.baked}
@@ -191,7 +213,7 @@ class _Capturer:
         except (Violation, SolverFailure):
             raise
         except CaptureError as exc:
-            raise self._model_limit(sizes) or exc
+            raise (self._model_limit(sizes) if limits else None) or exc
 
     def _model_limit(self, sizes: Mapping[str, int]) -> ConfigError | None:
         """A trace failed: if the model itself fails once one dim leaves its example size (a
@@ -230,13 +252,20 @@ class _Capturer:
 
     def symbolic(self) -> torch.export.ExportedProgram:
         """The symbolic capture, refined by torch's suggested fixes until it holds."""
-        for _ in range(3 * len(self.dims) + 1):
+        distinct = self.sizes != self.given  # the first try is at distinct sizes; the example's is the fallback
+        for _ in range(3 * len(self.dims) + 2):
             try:
-                return self.export(self._trace_sizes())
+                return self.export(self._trace_sizes(), limits=not distinct)
             except Violation as violation:
                 self._apply(violation)
             except SolverFailure as failure:
                 return self._widened(failure)
+            except CaptureError:
+                if not distinct:
+                    raise
+                log.debug("the model does not run with its dims at distinct sizes %s; traced at %s", self.sizes,
+                          self.given)
+                self.sizes, distinct = {**self.sizes, **self.given}, False
         raise CaptureError("torch.export kept reporting constraint violations after fxtrt applied its fixes",
                            hint="run fxtrt explain on the model to see where sizes are baked in")
 
@@ -363,13 +392,44 @@ class _Capturer:
             new_lo = lo if fix[0] is None else max(lo, fix[0])
             new_hi = hi if fix[1] is None else min(hi, fix[1])
             if new_hi < hi:
-                raise self._limit(d, new_lo, new_hi, "max")
+                self._beyond_proof(d, new_lo, new_hi, hi)
+                progress = True
+                continue
             if new_lo > lo:
                 self._low_limit(d, new_lo, new_hi)
                 progress = True
         if not progress:
             raise CaptureError(f"torch.export could not keep the dynamic dims: {first_lines(violation.message)}",
                                hint="run fxtrt explain on the model to see where sizes are baked in")
+
+    def _beyond_proof(self, d: DynamicDim, lo: int, proven: int, hi: int) -> None:
+        """torch.export proves one graph only up to ``proven`` (a slice end clamped by a static
+        size, say), yet ONNX may serve past it. Where the model runs eagerly past it, the graph is
+        traced over ``lo..proven`` and verified past the proof (every grid size past it, up to
+        64; else the boundary, the max and 8 between): a :class:`Hole` that names the first size
+        where the artifact differs. Where the model itself fails past it, that is its limit."""
+        past = list(grid_sizes(d, proven + 1))
+        if not past:
+            raise self._limit(d, lo, proven, "max")
+        if len(past) > 64:
+            step = (len(past) - 1) / 9
+            past = sorted({past[0], past[1], past[-1], *(past[round(k * step)] for k in range(1, 9))})
+        for size in past:
+            self.state.restore()
+            failure = eager_failure(self.model, inputs_at(self.example, self.dims, {**self.sizes, d.name: size}))
+            self.state.restore()
+            if failure is not None:
+                served = max([proven] + [s for s in past if s < size])
+                if served == proven:
+                    raise self._limit(d, lo, proven, "max", probe=size, failure=failure)
+                raise self._limit(d, lo, served, "max", probe=size, failure=failure)
+        self.ranges[d.name] = (self.ranges[d.name][0], proven)
+        points = tuple({d.name: s} for s in past)
+        self.beyond.append(Hole(f"the graph it proves for '{d.name}' in {lo}..{proven} also serves {proven + 1}.."
+                                f"{hi}", None, points, beyond=(d.name, d.min, proven)))
+        shown = ", ".join(str(s) for s in past[:12]) + (", ..." if len(past) > 12 else "")
+        self.notes.append(f"torch.export proves one graph for dim '{d.name}' only for {lo}..{proven}; the model runs "
+                          f"past it, so the graph is verified beyond torch.export's proof at {d.name}={shown}")
 
     def _low_limit(self, d: DynamicDim, new_lo: int, hi: int) -> None:
         """torch.export proves the graph only from ``new_lo``: if the model runs eagerly at the
@@ -460,7 +520,8 @@ def capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings:
     merged: list[str] = []
     for _ in range(len(settings.dims) + 1):
         try:
-            captured = _capture(model, example, settings)
+            with recurrent_ops(model):  # LSTM/GRU/RNN as one op each: the sequence stays symbolic
+                captured = _capture(model, example, settings)
         except _Related as related:
             for a, b, relation in related.relations:
                 if relation != "==":
@@ -514,7 +575,7 @@ def _capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings
     notes += run.notes
     return CapturedGraph(captures, out_spec, example, settings.input_names, output_names(out_spec),
                          dims=run.dim_records(), checks=checks, program=program, notes=notes, exports=run.exports,
-                         holes=checked.holes, declared=settings.dims)
+                         holes=checked.holes + tuple(run.beyond), declared=settings.dims)
 
 
 def flatten_outputs(outputs: Any) -> list[Any]:

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from fxtrt.errors import CaptureError, GeneralizationError
+from fxtrt.errors import CaptureError, FxtrtError, GeneralizationError
+from fxtrt.frontend.chunks import SymbolicChunks
 from fxtrt.frontend.output_types import register_transformers_caches, unflattenable_output
 from fxtrt.frontend.source import location_of_traceback
 from fxtrt.settings import DynamicDim
@@ -104,6 +105,16 @@ def signature_spec(model: torch.nn.Module, spec: tuple[Any, ...]) -> tuple[Any, 
     return spec
 
 
+def _fxtrt_error(exc: BaseException | None) -> FxtrtError | None:
+    """The FxtrtError that ``exc`` is, or that torch wrapped it around."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, FxtrtError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def export_once(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec: Any = None) -> torch.export.ExportedProgram:
     """torch.export (non-strict) with failures turned into fxtrt errors at the user's line.
 
@@ -114,7 +125,7 @@ def export_once(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec: 
     register_transformers_caches()
     printed = io.StringIO()  # a failed torch.export prints its partial FX graph on stderr, twice
     try:
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed):
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed), SymbolicChunks():
             warnings.simplefilter("always")
             # Facts torch cannot prove symbolically become runtime asserts, which fxtrt checks over
             # the whole range (frontend.guards) instead of losing the dim.
@@ -125,6 +136,9 @@ def export_once(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec: 
             log.debug("torch.export: %s", w)
         return ep
     except Exception as exc:  # torch.export raises many unrelated types
+        own = _fxtrt_error(exc)
+        if own is not None:  # raised on purpose while tracing (frontend.chunks)
+            raise own from None
         if printed.getvalue().strip():
             keep_printed("torch.export", printed.getvalue())
         text = str(exc)

@@ -46,6 +46,22 @@ class Hole:
     fact: str
     source: str | None
     points: tuple[dict[str, int], ...]
+    beyond: tuple[str, int, int] | None = None  # (dim, its min, the max torch.export proves): sizes past the proof
+
+    def limit(self, failing: Sequence[dict[str, int]]) -> ConfigError | None:
+        """For sizes past torch.export's proof where the artifact differs: the limit, named by the
+        first failing size."""
+        if self.beyond is None:
+            return None
+        name, low, proven = self.beyond
+        sizes = sorted(p[name] for p in failing if name in p and p[name] > proven)
+        if not sizes:
+            return None
+        served = max([proven] + [p[name] for p in self.points if p[name] < sizes[0]])
+        return ConfigError(
+            f"dynamic dim '{name}' works only for {low}..{served} in this model: torch.export proves one graph "
+            f"for {low}..{proven}, and past it the artifact differs from the model first at {name}={sizes[0]}",
+            source=self.source, hint=f"ask for '{name}' within {low}..{served}")
 
     def covers(self, sizes: dict[str, int]) -> bool:
         """Whether ``sizes`` is one of the sampled points where the fact fails."""

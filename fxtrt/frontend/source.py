@@ -21,7 +21,7 @@ _FRAME_RE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func
 # Packages whose frames are never the line a user wants to see: the toolchain, and fxtrt itself.
 # Model packages (torchvision, transformers, timm, ultralytics) are the user's model code.
 _TOOLCHAIN = ("torch", "onnx", "onnxscript", "onnx_ir", "onnxruntime", "onnxsim", "onnx_graphsurgeon",
-              "polygraphy", "fxtrt")
+              "polygraphy", "fxtrt", "sympy", "numpy", "functorch", "triton", "typing_extensions")
 
 
 def _package_dirs(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -14,26 +14,33 @@ from fxtrt.errors import ConfigError, FxtrtError, PassError
 from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
 from fxtrt.passes.drop_noop_squeezes import drop_noop_squeezes
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
+from fxtrt.passes.exact_nearest_resize import exact_nearest_resize
 from fxtrt.passes.fix_dtypes import fix_dtypes
+from fxtrt.passes.fold_attention_dims import fold_attention_dims
 from fxtrt.passes.fold_constant_reads import fold_constant_reads
 from fxtrt.passes.generalize_batch import generalize_batch
 from fxtrt.passes.max_pool_1d_as_2d import max_pool_1d_as_2d
 from fxtrt.passes.relax_views import relax_views
+from fxtrt.passes.scalar_reads_as_tensors import scalar_reads_as_tensors
 from fxtrt.passes.infra import Change, PassContext, PassFn, PassRecord, PassResult
+from fxtrt.passes.subgraphs import run_in_subgraphs
 
 REGISTRY: dict[str, PassFn] = {
     "drop_shape_guards": drop_shape_guards,
     "fold_constant_reads": fold_constant_reads,
+    "scalar_reads_as_tensors": scalar_reads_as_tensors,
     "generalize_batch": generalize_batch,
     "max_pool_1d_as_2d": max_pool_1d_as_2d,
     "drop_noop_squeezes": drop_noop_squeezes,
+    "exact_nearest_resize": exact_nearest_resize,
+    "fold_attention_dims": fold_attention_dims,
     "canonicalize_flatten": canonicalize_flatten,
     "relax_views": relax_views,
     "fix_dtypes": fix_dtypes,
 }
 
 # Without these the artifact would not serve the sizes it claims; they always run.
-REQUIRED = ("drop_shape_guards", "fold_constant_reads", "generalize_batch")
+REQUIRED = ("drop_shape_guards", "fold_constant_reads", "scalar_reads_as_tensors", "generalize_batch")
 
 
 def pass_name(p: str | Callable) -> str:
@@ -74,6 +81,7 @@ def run_passes(
         start = time.perf_counter()
         try:
             result = fn(gm, ctx)
+            inside = run_in_subgraphs(name, fn, result.gm, ctx) if isinstance(result, PassResult) else None
         except FxtrtError:
             raise
         except Exception as exc:
@@ -85,7 +93,8 @@ def run_passes(
             raise PassError(f"pass {name} returned {type(result).__name__}, not a PassResult",
                             hint="a pass is fn(gm, ctx) -> PassResult(gm, changes)")
         gm = result.gm
-        records.append(PassRecord(name, list(result.changes), time.perf_counter() - start))
+        changes, notes = inside if inside else ([], [])
+        records.append(PassRecord(name, list(result.changes) + changes, time.perf_counter() - start, notes))
         if observer:
             observer(index, name, before, result)
     return gm, records

@@ -67,8 +67,12 @@ def _ops(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
 class _Builder:
     """Creates size expressions as graph nodes, once each, right after the placeholders."""
 
-    def __init__(self, gm: torch.fx.GraphModule, dims: Sequence[DynamicDim]) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, dims: Sequence[DynamicDim],
+                 operand_sites: dict[str, tuple[int, int]] | None = None) -> None:
         self.gm = gm
+        # In a subgraph of a higher-order op the placeholders are its operands, not the model's
+        # inputs: a dim is read off the operand axis that has its size in every trace.
+        self.operand_sites = operand_sites
         self.graph = gm.graph
         placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
         self.anchor = placeholders[-1]
@@ -92,7 +96,13 @@ class _Builder:
 
     def sym(self, name: str) -> torch.fx.Node:
         if name not in self.syms:
-            i, axis = self.dims[name].sites[0]
+            if self.operand_sites is None:
+                i, axis = self.dims[name].sites[0]
+            elif name in self.operand_sites:
+                i, axis = self.operand_sites[name]
+            else:
+                raise NotImplementedError(f"a size in it follows the baked dim '{name}', and no operand of the "
+                                          f"subgraph has '{name}' as a dim to read it from")
             node = self.call(aten.sym_size.int, (self.placeholders[i], axis))
             node.meta["fxtrt_dim"] = name
             node.meta["fxtrt_expr"] = name
@@ -134,7 +144,12 @@ class _Builder:
         return self.cache[key]
 
 
-def _structure_error(caps, i: int) -> StructureError:
+def _n_outputs(gm: torch.fx.GraphModule) -> int:
+    (out,) = [n for n in gm.graph.nodes if n.op == "output"]
+    return len(out.args[0]) if isinstance(out.args[0], (tuple, list)) else 1
+
+
+def _structure_error(caps, i: int) -> GeneralizationError:
     base, other = caps[0], caps[i]
     a, b = _ops(base.gm), _ops(other.gm)
     k = next((j for j, (x, y) in enumerate(zip(a, b)) if x.op != y.op or x.target != y.target), min(len(a), len(b)))
@@ -143,6 +158,13 @@ def _structure_error(caps, i: int) -> StructureError:
     detail = ""
     if k < len(a) and k < len(b):
         detail = f"; first difference: {call_text(a[k])} vs {call_text(b[k])}"
+    n_a, n_b = _n_outputs(base.gm), _n_outputs(other.gm)
+    if n_a != n_b:  # no graph serves that, not even one per batch size: the caller gets as many tensors
+        return GeneralizationError(
+            f"the number of outputs follows the {_dim_word(base.sizes, other.sizes)}: {n_a} tensors at "
+            f"{base.sizes}, {n_b} at {other.sizes} (a loop that returns one tensor per sample, say)",
+            node=culprit.name, source=source_of(culprit) or source_of(a[min(k, len(a) - 1)]),
+            hint="return one batched tensor (torch.stack the per-sample results) instead of one tensor per sample")
     return StructureError(
         f"the graph's structure depends on the {_dim_word(base.sizes, other.sizes)} ({where}{detail})",
         node=culprit.name,
@@ -196,7 +218,8 @@ def rewrite_size_literals(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
 
     fit_points = [{n: c.sizes[n] for n in baked} for c in caps]
     check_points = [{n: c.sizes[n] for n in baked} for c in ctx.captured.checks]
-    fitter = _Fitter(baked, fit_points, check_points, _Builder(gm, dims))
+    sites = None if ctx.subgraph is None else _operand_sites(traces, baked, fit_points + check_points)
+    fitter = _Fitter(baked, fit_points, check_points, _Builder(gm, dims, sites))
     changes: list[Change] = []
     base_index = {n: i for i, n in enumerate(base_ops)}
     peer_index = [{n: i for i, n in enumerate(ops)} for ops in others]
@@ -254,6 +277,25 @@ def rewrite_size_literals(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
     gm.graph.lint()
     gm.recompile()
     return PassResult(gm, changes)
+
+
+def _operand_sites(traces: Sequence[Any], names: Sequence[str],
+                   points: Sequence[dict[str, int]]) -> dict[str, tuple[int, int]]:
+    """For a subgraph: per baked dim, the first (operand, axis) whose size is the dim's size in
+    every trace (fitted and checked), as ``sites`` are for the model's inputs."""
+    operands = [[n for n in t.gm.graph.nodes if n.op == "placeholder"] for t in traces]
+    sites: dict[str, tuple[int, int]] = {}
+    for name in names:
+        for i in range(len(operands[0])):
+            shapes = [_shape(ops[i]) if i < len(ops) else None for ops in operands]
+            if any(s is None or len(s) != len(shapes[0]) for s in shapes):
+                continue
+            axis = next((a for a in range(len(shapes[0]))
+                         if all(isinstance(s[a], int) and s[a] == p[name] for s, p in zip(shapes, points))), None)
+            if axis is not None:
+                sites[name] = (i, axis)
+                break
+    return sites
 
 
 SPLITS = frozenset({aten.chunk.default, aten.split.Tensor})

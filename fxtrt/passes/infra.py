@@ -48,10 +48,14 @@ class PassRecord:
     name: str
     changes: list[Change]
     seconds: float
+    notes: list[str] = field(default_factory=list)  # subgraphs the pass left as captured, and why
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "modified": bool(self.changes), "seconds": round(self.seconds, 4),
-                "changes": [c.to_dict() for c in self.changes]}
+        out = {"name": self.name, "modified": bool(self.changes), "seconds": round(self.seconds, 4),
+               "changes": [c.to_dict() for c in self.changes]}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
 
 @dataclass
@@ -60,6 +64,9 @@ class PassContext:
 
     settings: Settings
     captured: CapturedGraph
+    # The subgraph of a higher-order op being rewritten (``true_graph_0``), None for the model's
+    # graph: a subgraph's placeholders are its operands, not the model's inputs.
+    subgraph: str | None = None
 
 
 class GraphPass(Protocol):

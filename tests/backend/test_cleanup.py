@@ -1,4 +1,5 @@
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -66,3 +67,26 @@ def test_a_dynamic_dim_lost_on_the_way_is_an_emit_error():
     onnx_model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
     with pytest.raises(EmitError, match="input 'input' dim 0 should be 'batch', is 4"):
         check_dynamic_dims(onnx_model, captured, settings)
+
+
+def test_a_dim_cleanup_renamed_gets_its_name_back(tmp_path):
+    """issue 17, class 5: shape inference or onnxsim may call a dynamic input dim 'unk__0'; it is
+    still symbolic, so it gets its name back (and verification checks it serves every size)."""
+    import types
+
+    import fxtrt
+    from fxtrt.backend.cleanup import restore_dim_names
+
+    model = torch.nn.Linear(4, 2).eval()
+    c = fxtrt.compile(model, torch.randn(1, 4), batch=(1, 2, 4), out_dir=tmp_path / "o")
+    proto = onnx.load(str(c.onnx_path))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == "batch":
+                dim.dim_param = "unk__0"
+    captured = types.SimpleNamespace(input_names=c.input_names)
+    notes = restore_dim_names(proto, captured, c.settings)
+    assert notes and "unk__0" in notes[0]
+    assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", ""]
+    assert [d.dim_param for d in proto.graph.output[0].type.tensor_type.shape.dim] == ["batch", ""]
+    assert restore_dim_names(proto, captured, c.settings) == []

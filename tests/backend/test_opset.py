@@ -70,3 +70,28 @@ def test_a_conversion_onnx_cannot_do_is_a_clear_error():
     with pytest.raises(EmitError, match="opset 17 to 13") as info:
         convert_opset(export18(MeanAndChunk(), torch.randn(2, 4, 5, 5)), 13)
     assert "opset=17" in info.value.hint
+
+
+class MeanInABranch(torch.nn.Module):
+    """torch.cond's branches become If subgraphs: their Reduce and Split come down to 17 too."""
+
+    def forward(self, x):
+        return torch.cond(x.sum() > 0, lambda x: x.mean((2, 3)).chunk(2, dim=1)[0] * 2, lambda x: x[:, :2, 0, 0] - 1, (x,))
+
+
+def test_reduce_and_split_inside_an_if_branch_come_down_to_17():
+    model = MeanInABranch()
+    m17 = convert_opset(export18(model, torch.randn(3, 4, 5, 5)), 17)
+
+    def nodes(graph):
+        for n in graph.node:
+            yield n
+            for a in n.attribute:
+                if a.type == a.GRAPH:
+                    yield from nodes(a.g)
+
+    reduce = next(n for n in nodes(m17.graph) if n.op_type == "ReduceMean")
+    assert [a.name for a in reduce.attribute] == ["keepdims", "axes"] and len(reduce.input) == 1
+    for sign in (1, -1):
+        x = sign * torch.rand(3, 4, 5, 5)
+        np.testing.assert_allclose(run(m17, x), model(x).numpy(), rtol=1e-5, atol=1e-6)

@@ -303,7 +303,7 @@ def test_load_refuses_external_data_outside_the_directory(tmp_path):
 
 def test_a_dim_the_model_cannot_vary_is_a_config_error_with_the_range_that_works(capfd):
     model = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
-    with pytest.raises(fxtrt.ConfigError, match=r"dynamic dim 'input_dim1' works only for 8\.\.8 .* at input_dim1=12") as info:
+    with pytest.raises(fxtrt.ConfigError, match=r"dynamic dim 'input_dim1' works only for 8\.\.8 .* at input_dim1=(4|12)") as info:
         fxtrt.compile(model, torch.randn(1, 8), batch=(1, 4, 8), dynamic={0: {1: (4, 8, 16)}})
     assert "leave it out of the dynamic dims" in info.value.hint
     assert "VR[" not in capfd.readouterr().err, "no torch logging on the terminal"
