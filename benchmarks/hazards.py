@@ -6,17 +6,29 @@ blocks composes. One line of each block is its hazard; the renderer records wher
 so an error's ``.source`` can be held to it. Tags mark what makes a model unservable:
 
 * ``read``: a value read from the input (``.item()`` / ``.tolist()``): no static graph has it;
-* ``loop`` with ``stat``: a per-sample Python loop (a bucket set, which pads) together with a
-  statistic over the batch (which the padding rows change).
+* ``loop`` with ``stat``: a per-sample Python loop, or a split of the batch into a number of
+  pieces that changes with it (a bucket set, which pads), together with a statistic over the
+  batch (which the padding rows change).
+
+And ``Variant.pieces`` marks a ``chunk``/``split`` along the layout's dynamic dim (S, or H or W):
+where the number of pieces changes inside the drawn range, the model returns another number of
+tensors at another size, which no graph does (a StructureError at the block's line); where it is
+the same over the range, it is served (see :func:`piece_counts`).
 
 A :class:`ModelSpec` is drawn by :func:`model_specs`, a Hypothesis strategy (which dims are
-dynamic, their ranges, the blocks), and rendered by :func:`render` to a standalone module with
-``build()``, ``EXAMPLE_SHAPE`` and ``OPTIONS`` (the ``fxtrt.compile`` keyword arguments).
+dynamic, their ranges, the blocks; whether H and W are one dim or two; ``forward(self, *args)``
+or ``forward(self, x)``; whether the model runs once before compile), and rendered by
+:func:`render` to a standalone module with ``build()``, ``EXAMPLE_SHAPE``, ``OPTIONS`` (the
+``fxtrt.compile`` keyword arguments) and ``inputs_at(sizes)``. Blocks may bring module-level
+code (``cache_in_forward``: submodules that cache or install hooks in forward).
 
-Left out on purpose, with the reason: ``nn.GRU`` and ``F.max_pool1d`` over a dynamic length,
-which torch.export (2.14) specialises however the model is written; fxtrt then generalises the
-length by trace diffing, which works until another block adds a literal that is not affine in
-the length (``(4 - s % 4) % 4``), and then refuses with that block's line.
+Left out on purpose, with the reason: ``F.max_pool1d`` over a dynamic length, which torch.export
+(2.14) specialises however the model is written. fxtrt generalises the length by trace diffing
+(and ``max_pool_1d_as_2d``): alone it is served, but with another block's literal that is not
+affine in the length (``(4 - s % 4) % 4``) it is refused (a GeneralizationError without
+``.source``), and followed by ``F.interpolate`` back to the length, the pass
+``exact_nearest_resize`` fails (a PassError). Recurrent layers are no longer left out: fxtrt
+captures each as one op (``fxtrt.frontend.recurrent``), with the batch and the length symbolic.
 
 Example::
 
@@ -38,18 +50,61 @@ C = 4  # channels of the image layout
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to write a hazard: ``{p}`` is the block's prefix (``b0_``); ``hazard`` indexes ``body``."""
+    """One way to write a hazard: ``{p}`` is the block's prefix (``b0_``); ``hazard`` indexes ``body``;
+    ``module`` is code the block needs at module level (a submodule class, a hook function)."""
 
     body: tuple[str, ...]
     hazard: int = 0
     init: tuple[str, ...] = ()
     tags: frozenset[str] = frozenset()
+    module: tuple[str, ...] = ()
+    pieces: tuple[str, int] | None = None  # ("chunk", 3): x.chunk(3, dim) along the layout's dynamic dim
 
 
-def _v(body: str, hazard: int = 0, init: str = "", tags: str = "") -> Variant:
+def _v(body: str, hazard: int = 0, init: str = "", tags: str = "", module: str = "",
+       pieces: tuple[str, int] | None = None) -> Variant:
     return Variant(tuple(body.strip("\n").splitlines()), hazard, tuple(init.strip("\n").splitlines()) if init else (),
-                   frozenset(tags.split()))
+                   frozenset(tags.split()), tuple(module.strip("\n").splitlines()) if module else (), pieces)
 
+
+def piece_counts(op: str, k: int, lo: int, hi: int) -> set[int]:
+    """How many tensors ``x.chunk(k, d)`` (``op`` "chunk") or ``x.split(k, d)`` ("split") gives
+    over the sizes ``lo..hi`` of dim ``d``, as torch makes them: chunk cuts pieces of ``ceil(n / k)``
+    (so ``chunk(3)`` of 4 is 2 pieces), split pieces of ``k``."""
+    def count(n: int) -> int:
+        size = -(-n // k) if op == "chunk" else k
+        return -(-n // size)
+
+    return {count(n) for n in range(max(lo, 1), hi + 1)}
+
+
+HOOKED = '''
+def {p}hook(module, args, output):
+    return output * 0.5 + 0.25
+
+
+class {p}Hooked(nn.Module):
+    """transformers-style: install a forward hook on the first call, and mark the module hooked."""
+
+    def __init__(self, sub):
+        super().__init__()
+        self.sub = sub
+
+    def forward(self, x):
+        if not getattr(self, "_hooked", False):
+            self.sub.register_forward_hook({p}hook)
+            self._hooked = True
+        return self.sub(x)
+'''
+
+COND_BRANCHES = '''
+def {p}grow(t):
+    return t * 2 + 1
+
+
+def {p}turn(t):
+    return t.flip(1) - 1
+'''
 
 # Per block, per layout, its variants. Order matters: Hypothesis shrinks towards the first.
 BLOCKS: dict[str, dict[str, tuple[Variant, ...]]] = {
@@ -167,16 +222,31 @@ x = {p}a.reshape({p}b, 2, {p}h * {p}w, 2).transpose(1, 2).reshape({p}b, {p}h * {
             _v("x = x[:, :, : x.size(2) - 1].mean(2, keepdim=True) + x[:, :, -x.size(2):]"),
         ),
     },
+    # along a static dim, by sizes from the dynamic one, and (#2 on) along the dynamic dim by a
+    # count (pieces=: served where the count is the same over the range, else refused at the line)
+    # or along the batch (a count that changes with it: a bucket set, which pads, so "loop")
     "split_chunk": {
         "seq": (
             _v("{p}a, {p}b = x.chunk(2, dim=-1)\nx = torch.cat([{p}b, {p}a * 2], -1)"),
             _v("{p}h = x.size(1) // 2\n{p}a, {p}b = x.split([{p}h, x.size(1) - {p}h], dim=1)\nx = torch.cat([{p}b, {p}a], 1)",
                hazard=1),
+            _v("{p}a, {p}b = x.chunk(2, dim=1)\nx = torch.cat([{p}b * 2, {p}a], 1)", pieces=("chunk", 2)),
+            _v("x = torch.cat([{p}c.flip(1) * (i + 1) for i, {p}c in enumerate(x.chunk(3, dim=1))], 1)",
+               pieces=("chunk", 3)),
+            _v("x = torch.cat([{p}c.flip(1) - {p}c.mean(1, keepdim=True) for {p}c in x.split(4, dim=1)], 1)",
+               pieces=("split", 4)),
+            _v("x = torch.cat([{p}c * (i + 1) for i, {p}c in enumerate(x.split(2, dim=0))])", tags="loop position"),
         ),
         "img": (
             _v("{p}a, {p}b = x.chunk(2, dim=1)\nx = torch.cat([{p}b, {p}a * 2], 1)"),
             _v("{p}h = x.size(2) // 2\n{p}a, {p}b = x.split([{p}h, x.size(2) - {p}h], dim=2)\nx = torch.cat([{p}b, {p}a], 2)",
                hazard=1),
+            _v("{p}a, {p}b = x.chunk(2, dim=2)\nx = torch.cat([{p}b * 2, {p}a], 2)", pieces=("chunk", 2)),
+            _v("x = torch.cat([{p}c.flip(2) * (i + 1) for i, {p}c in enumerate(x.chunk(4, dim=2))], 2)",
+               pieces=("chunk", 4)),
+            _v("x = torch.cat([{p}c.flip(3) - {p}c.mean(3, keepdim=True) for {p}c in x.split(5, dim=3)], 3)",
+               pieces=("split", 5)),
+            _v("x = torch.cat([{p}c * (i + 1) for i, {p}c in enumerate(x.split(2, dim=0))])", tags="loop position"),
         ),
     },
     "floordiv_window": {
@@ -286,6 +356,115 @@ x = x + {p}y.expand(-1, -1, -1, 4, -1, 4).reshape({p}b, {p}c, {p}h + {p}ph, {p}w
             _v("x = F.batch_norm(x, None, None, training=True)", tags="stat"),
         ),
     },
+    # H and W swapped: right only if H and W stay two sizes (declared independently, see ModelSpec.hw_independent)
+    "hw_swap": {
+        "img": (
+            _v("x = x + F.interpolate(x, size=(x.size(3), x.size(2)), mode='bilinear', align_corners=False)"
+               ".permute(0, 1, 3, 2)"),
+            _v("{p}b, {p}c, {p}h, {p}w = x.shape\nx = x + x.reshape({p}b, {p}c, {p}w, {p}h).transpose(2, 3) * 0.5",
+               hazard=1),
+            _v("{p}h, {p}w = x.shape[-2:]\nx = x + F.interpolate(x, size=({p}w, {p}h)).transpose(2, 3)", hazard=1),
+        ),
+    },
+    # submodules that change themselves in forward: compile must trace each time from the state it
+    # was given and leave the model as it found it
+    "cache_in_forward": {
+        "seq": (
+            _v("x = self.{p}head(x)", init="self.{p}head = {p}Anchors()", module='''
+class {p}Anchors(nn.Module):
+    """ultralytics Detect-style: anchors cached on the module, rebuilt when the input's shape changes."""
+
+    def __init__(self):
+        super().__init__()
+        self.shape = None
+        self.anchors = torch.empty(0)
+
+    def forward(self, x):
+        if self.shape != x.shape:
+            self.anchors = torch.arange(x.size(1), dtype=x.dtype)[:, None] * 0.01
+            self.shape = x.shape
+        return x + self.anchors
+'''),
+            _v("x = self.{p}block(x)", init="self.{p}block = {p}Hooked(nn.Linear(8, 8))", module=HOOKED),
+        ),
+        "img": (
+            _v("x = self.{p}head(x)", init="self.{p}head = {p}Anchors()", module='''
+class {p}Anchors(nn.Module):
+    """ultralytics Detect-style: an anchor grid cached on the module, rebuilt when a sample's shape changes."""
+
+    def __init__(self):
+        super().__init__()
+        self.shape = None
+        self.anchors = torch.empty(0)
+
+    def forward(self, x):
+        shape = x[0].shape
+        if self.shape != shape:
+            sy, sx = torch.meshgrid(torch.arange(x.size(2), dtype=x.dtype), torch.arange(x.size(3), dtype=x.dtype),
+                                    indexing="ij")
+            self.anchors = torch.stack((sx, sy)).repeat(2, 1, 1)[None] * 0.01
+            self.shape = shape
+        return x + self.anchors
+'''),
+            _v("x = self.{p}block(x)", init="self.{p}block = {p}Hooked(nn.Conv2d(4, 4, 1))", module=HOOKED),
+        ),
+    },
+    # nn.GRU / LSTM / RNN over the sequence, batch-first or seq-first (transposed), 1 or 2 layers,
+    # one or two directions, with no initial state or one built from the batch size (zeros, a
+    # learned state expanded); projected back to the layout's features. In the image layout the
+    # sequence is a row (the RNN's batch is B * H) or the columns' means over H.
+    "recurrent": {
+        "seq": (
+            _v("{p}y, _ = self.{p}rnn(x)\nx = x + self.{p}proj({p}y)",
+               init="self.{p}rnn = nn.GRU(8, 6, batch_first=True)\nself.{p}proj = nn.Linear(6, 8)"),
+            _v("{p}y, _ = self.{p}rnn(x)\nx = x + self.{p}proj({p}y)",
+               init="self.{p}rnn = nn.LSTM(8, 6, num_layers=2, batch_first=True, bidirectional=True)\n"
+                    "self.{p}proj = nn.Linear(12, 8)"),
+            _v("{p}y, {p}h = self.{p}rnn(x.transpose(0, 1))\n"
+               "x = self.{p}proj({p}y.transpose(0, 1) + {p}h[-1][:, None])",
+               init="self.{p}rnn = nn.RNN(8, 6)\nself.{p}proj = nn.Linear(6, 8)"),
+            _v("{p}h0 = torch.zeros(2, x.size(0), 6)\n{p}y, {p}h = self.{p}rnn(x, {p}h0)\n"
+               "x = x + self.{p}proj({p}y * {p}h[-1][:, None])",
+               init="self.{p}rnn = nn.GRU(8, 6, num_layers=2, batch_first=True)\nself.{p}proj = nn.Linear(6, 8)"),
+            _v("{p}h0 = torch.zeros(2, x.size(0), 6)\n"
+               "{p}y, ({p}h, {p}c) = self.{p}rnn(x.transpose(0, 1), ({p}h0, {p}h0 + 0.5))\n"
+               "x = self.{p}proj({p}y).transpose(0, 1)",
+               init="self.{p}rnn = nn.LSTM(8, 6, bidirectional=True)\nself.{p}proj = nn.Linear(12, 8)"),
+            _v("{p}h0 = self.{p}h0.expand(-1, x.size(0), -1).contiguous()\n"
+               "{p}y, _ = self.{p}rnn(x.transpose(0, 1), {p}h0)\n"
+               "x = x * self.{p}proj({p}y.transpose(0, 1)).sigmoid()",
+               init="self.{p}rnn = nn.GRU(8, 4, num_layers=2, bidirectional=True)\nself.{p}proj = nn.Linear(8, 8)\n"
+                    "self.{p}h0 = nn.Parameter(torch.randn(4, 1, 4) * 0.5)"),
+        ),
+        "img": (
+            _v("{p}y, _ = self.{p}rnn(x.permute(0, 2, 3, 1).flatten(0, 1))\n"
+               "x = x + self.{p}proj({p}y).unflatten(0, (x.size(0), -1)).permute(0, 3, 1, 2)",
+               init="self.{p}rnn = nn.GRU(4, 4, batch_first=True, bidirectional=True)\nself.{p}proj = nn.Linear(8, 4)"),
+            _v("{p}h0 = torch.zeros(1, x.size(0), 4)\n"
+               "{p}y, _ = self.{p}rnn(x.mean(2).transpose(1, 2), ({p}h0, {p}h0))\n"
+               "x = x + {p}y.transpose(1, 2)[:, :, None]", hazard=1,
+               init="self.{p}rnn = nn.LSTM(4, 4, batch_first=True)"),
+        ),
+    },
+    # torch.cond (ONNX If) on a value (a statistic over the batch: "stat") or on a size (the
+    # sequence or H: constant over some drawn ranges, changing inside others; the batch: "stat",
+    # a bucket set's padding changes the size it sees), with branches that keep the layout
+    "cond": {
+        "seq": (
+            _v("x = torch.cond(x.tanh().sum() > 0, {p}grow, {p}turn, (x,))", tags="stat", module=COND_BRANCHES),
+            _v("x = torch.cond(x.shape[1] > 6, {p}grow, {p}turn, (x,))", module=COND_BRANCHES),
+            _v("x = torch.cond(x.amax(-1).mean() > 1, lambda t: self.{p}fc(t), lambda t: t.tanh() - self.{p}fc.bias,\n"
+               "               (x,))",
+               init="self.{p}fc = nn.Linear(8, 8)", tags="stat"),
+            _v("x = torch.cond(x.size(0) > 2, {p}grow, {p}turn, (x,))", tags="stat", module=COND_BRANCHES),
+        ),
+        "img": (
+            _v("x = torch.cond(x.tanh().sum() > 0, {p}grow, {p}turn, (x,))", tags="stat", module=COND_BRANCHES),
+            _v("x = torch.cond(x.shape[2] > 10, {p}grow, {p}turn, (x,))", module=COND_BRANCHES),
+            _v("x = torch.cond(x.amax(-1).mean() > 1, lambda t: self.{p}conv(t), lambda t: t.tanh(), (x,))",
+               init="self.{p}conv = nn.Conv2d(4, 4, 3, padding=1)", tags="stat"),
+        ),
+    },
 }
 
 BLOCK_NAMES = tuple(BLOCKS)
@@ -297,7 +476,10 @@ class ModelSpec:
     """One generated model: its layout, which dims are dynamic and their ranges, its blocks.
 
     ``batch``/``extra`` are (min, opt, max) or None (static); ``extra_kind`` is "seq" or "hw"
-    (H = W, one dim); without a dynamic extra dim the layout's S or H = W is ``static_extra``.
+    (H and W, both over ``extra``: one dim named "hw", or with ``hw_independent`` two dims left
+    unnamed, which fxtrt must keep independent); without a dynamic extra dim the layout's S or
+    H = W is ``static_extra``. ``star_args`` renders ``forward(self, *args)``; ``warm_up`` runs the
+    model once on the example before compile (filling caches a forward keeps, as a user would).
     """
 
     layout: str
@@ -309,10 +491,14 @@ class ModelSpec:
     example_batch: int = 1
     two_outputs: bool = False
     seed: int = 0
+    star_args: bool = False
+    hw_independent: bool = False
+    warm_up: bool = True
 
     @property
     def dim_kind(self) -> str:
-        parts = (["batch"] if self.batch else []) + ([self.extra_kind] if self.extra_kind else [])
+        extra = "h+w" if self.extra_kind == "hw" and self.hw_independent else self.extra_kind
+        parts = (["batch"] if self.batch else []) + ([extra] if extra else [])
         return "+".join(parts)
 
     def variants(self) -> list[Variant]:
@@ -328,7 +514,13 @@ class ModelSpec:
         if "read" in self.tags:
             return "a value read from the input"
         if self.batch is not None and {"loop", "stat"} <= self.tags:
-            return "a per-sample loop with a statistic over the batch"
+            return "a per-sample loop (or a batch split) with a statistic over the batch"
+        for v in self.variants():
+            if v.pieces and self.extra:
+                op, k = v.pieces
+                counts = sorted(piece_counts(op, k, self.extra[0], self.extra[2]))
+                if len(counts) > 1:
+                    return f"{op}({k}) along a dynamic dim: {counts[0]} to {counts[-1]} pieces over its range"
         return None
 
     @property
@@ -345,6 +537,8 @@ class ModelSpec:
         dynamic: dict[int, dict[int, tuple]] = {}
         if self.extra_kind == "seq":
             dynamic = {0: {1: ("seq", *self.extra)}}
+        elif self.extra_kind == "hw" and self.hw_independent:
+            dynamic = {0: {2: self.extra, 3: self.extra}}
         elif self.extra_kind == "hw":
             dynamic = {0: {2: ("hw", *self.extra), 3: ("hw", *self.extra)}}
         out: dict[str, Any] = {"batch": self.batch}
@@ -352,9 +546,30 @@ class ModelSpec:
             out["dynamic"] = dynamic
         return out
 
+    def outside(self, shape: tuple[int, ...]) -> str | None:
+        """Why an input of ``shape`` is outside what :meth:`options` declare, or None when inside."""
+        ex = self.example_shape()
+        if len(shape) != len(ex):
+            return f"rank {len(shape)}, declared {len(ex)}"
+        axes = [("batch", 0, self.batch)]
+        axes += [("seq", 1, self.extra)] if self.layout == "seq" else [("H", 2, self.extra), ("W", 3, self.extra)]
+        for name, axis, rng in axes:
+            if rng is None and shape[axis] != ex[axis]:
+                return f"{name} is {shape[axis]}, declared static {ex[axis]}"
+            if rng is not None and not rng[0] <= shape[axis] <= rng[2]:
+                return f"{name} is {shape[axis]}, declared {rng[0]}..{rng[2]}"
+        fixed = (2,) if self.layout == "seq" else (1,)
+        for axis in fixed:
+            if shape[axis] != ex[axis]:
+                return f"axis {axis} is {shape[axis]}, declared static {ex[axis]}"
+        if self.layout == "img" and shape[2] != shape[3] and not (self.extra and self.hw_independent):
+            return f"H {shape[2]} != W {shape[3]}, declared one size"
+        return None
+
     def label(self) -> str:
         blocks = "+".join(f"{n}#{i}" for n, i in self.blocks) or "identity"
-        return f"{self.layout}[{self.dim_kind}] {blocks}"
+        how = (" *args" if self.star_args else "") + ("" if self.warm_up else " cold")
+        return f"{self.layout}[{self.dim_kind}]{how} {blocks}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -379,7 +594,9 @@ class Rendered:
 HEADER = '''"""fxtrt fuzz model: {label}
 
 Generated by benchmarks.hazards from the spec below; {why}.
-Run it: python {{this file}}  (compiles with fxtrt and checks it against eager at CHECK sizes).
+Run it: python {{this file}}  (compiles with fxtrt, compares the model with an untouched twin,
+and calls the compiled model at CHECK sizes: it must match eager inside its claims, and raise
+fxtrt.ConfigError outside them).
 """
 import torch
 import torch.nn as nn
@@ -388,8 +605,10 @@ import torch.nn.functional as F
 SPEC = {spec}
 EXAMPLE_SHAPE = {shape}
 OPTIONS = {options}
-CHECK = {check}  # sizes to check compiled(...) against eager at
+CHECK = {check}  # sizes to call compiled(...) at
+'''
 
+MODEL_HEAD = '''
 
 class Model(nn.Module):
     def __init__(self):
@@ -407,16 +626,22 @@ def example():
     return torch.randn(*EXAMPLE_SHAPE, generator=torch.Generator().manual_seed(SPEC["seed"] + 1))
 
 
+AXES = {"batch": (0,), "seq": (1,), "hw": (2, 3), "h": (2,), "w": (3,)}
+
+
 def inputs_at(sizes, seed=0):
-    """Fresh random inputs at ``sizes`` ({{"batch": b, "seq"/"hw": n}})."""
+    """Fresh random inputs at ``sizes`` ({"batch": b, "seq": s} or "hw": n for H and W, "h"/"w"
+    for one of them); other axes as in EXAMPLE_SHAPE."""
     shape = list(EXAMPLE_SHAPE)
-    if "batch" in sizes:
-        shape[0] = sizes["batch"]
-    for name in ("seq", "hw"):
-        if name in sizes:
-            for axis in ((1,) if name == "seq" else (2, 3)):
-                shape[axis] = sizes[name]
+    for key, n in sizes.items():
+        for axis in AXES[key]:
+            shape[axis] = n
     return torch.randn(*shape, generator=torch.Generator().manual_seed(1000 + seed))
+
+
+def max_diff(a, b):
+    a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+    return max(float((torch.as_tensor(u) - v).abs().max()) for u, v in zip(a, b))
 
 
 if __name__ == "__main__":
@@ -424,22 +649,33 @@ if __name__ == "__main__":
 
     import fxtrt
 
-    model = build()
+    model, twin = build(), build()  # twin: the same model, never given to compile
+    with torch.no_grad():
+        twin(example())
+        if SPEC.get("warm_up", True):
+            model(example())
     with tempfile.TemporaryDirectory() as tmp:
         try:
             compiled = fxtrt.compile(model, example(), out_dir=tmp + "/out", **OPTIONS)
         except fxtrt.FxtrtError as exc:
-            print(f"REFUSED: {{type(exc).__name__}}: {{exc}}")
+            print(f"REFUSED: {type(exc).__name__}: {exc}")
+            compiled = None
+        for i, sizes in enumerate([{}] + CHECK[:1]):
+            with torch.no_grad():
+                x = inputs_at(sizes, i)
+                print(sizes, "the model after compile vs its twin: max abs diff", max_diff(model(x), twin(x)))
+        if compiled is None:
             raise SystemExit(0)
+        print("claims:", compiled.claims)
         for i, sizes in enumerate(CHECK):
             x = inputs_at(sizes, i)
+            try:
+                got = compiled(x)
+            except fxtrt.ConfigError as exc:
+                print(sizes, "ConfigError:", exc.message)
+                continue
             with torch.no_grad():
-                want = model(x)
-            got = compiled(x)
-            want = want if isinstance(want, tuple) else (want,)
-            got = got if isinstance(got, tuple) else (got,)
-            err = max(float((g - w).abs().max()) for g, w in zip(got, want))
-            print(sizes, "max abs err", err)
+                print(sizes, "served, max abs err vs eager", max_diff(got, twin(x)))
 '''
 
 
@@ -450,6 +686,10 @@ def render(spec: ModelSpec, check: list[dict[str, int]] | None = None) -> Render
     head = HEADER.format(label=spec.label(), why=why, spec=spec_text, shape=spec.example_shape(),
                          options=repr(spec.options()), check=repr(check or []))
     lines = head.splitlines()
+    for k, variant in enumerate(spec.variants()):
+        if variant.module:
+            lines += ["", ""] + [ln.format(p=f"b{k}_") for ln in variant.module]
+    lines += MODEL_HEAD.splitlines()
     init: list[str] = []
     body: list[str] = []
     marks: list[tuple[str, int, int, int]] = []  # (block key, hazard, first, last) as indexes into body
@@ -460,11 +700,12 @@ def render(spec: ModelSpec, check: list[dict[str, int]] | None = None) -> Render
         marks.append((f"b{k}:{name}", len(body) + variant.hazard, len(body), len(body) + len(variant.body) - 1))
         body += [ln.format(p=p) for ln in variant.body]
     lines += ["        " + ln for ln in init] or ["        pass"]
-    lines += ["", "    def forward(self, x):"]
+    signature = ["    def forward(self, *args):", "        x = args[0]"] if spec.star_args else ["    def forward(self, x):"]
+    lines += [""] + signature
     first = len(lines) + 1
     lines += ["        " + ln for ln in body]
     lines.append("        return (x, x.mean(1)) if SPEC[\"two_outputs\"] else x")
-    text = "\n".join(lines) + FOOTER.format()
+    text = "\n".join(lines) + "\n" + FOOTER
     return Rendered(text, {key: first + h for key, h, _, _ in marks},
                     {key: (first + a, first + b) for key, _, a, b in marks})
 
@@ -476,11 +717,19 @@ def _ranges(draw: Any, lows: tuple[int, ...], spans: tuple[int, ...]) -> tuple[i
     return (lo, opt, hi)
 
 
+def _layout_of(kind: str) -> str | None:
+    return "img" if "hw" in kind else "seq" if "seq" in kind else None
+
+
 @st.composite
 def model_specs(draw: Any, max_blocks: int = 4, blocks: tuple[str, ...] = BLOCK_NAMES) -> ModelSpec:
-    """A random :class:`ModelSpec`: dim kind, ranges, one to ``max_blocks`` blocks, weights seed."""
-    kind = draw(st.sampled_from(DIM_KINDS))
-    layout = "img" if "hw" in kind else "seq" if "seq" in kind else draw(st.sampled_from(("seq", "img")))
+    """A random :class:`ModelSpec`: dim kind, ranges, one to ``max_blocks`` blocks, weights seed,
+    and how it is written and declared (``*args``, H and W independent, warmed up or not). H and
+    W are always independent under ``hw_swap``, whose result is right only if they are. Only
+    layouts that one of ``blocks`` has are drawn."""
+    layouts = tuple(lt for lt in ("seq", "img") if any(lt in BLOCKS[n] for n in blocks))  # a block for each
+    kind = draw(st.sampled_from([k for k in DIM_KINDS if _layout_of(k) in layouts + (None,)]))
+    layout = _layout_of(kind) or draw(st.sampled_from(layouts))
     names = [n for n in blocks if layout in BLOCKS[n]]
     chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=max_blocks))
     picked = tuple((n, draw(st.integers(0, len(BLOCKS[n][layout]) - 1))) for n in chosen)
@@ -491,11 +740,14 @@ def model_specs(draw: Any, max_blocks: int = 4, blocks: tuple[str, ...] = BLOCK_
         extra = _ranges(draw, (4, 5, 8), (4, 9, 24))
     elif extra_kind == "hw":
         extra = _ranges(draw, (8, 9, 12), (8, 13, 24))
+    independent = extra_kind == "hw" and ("hw_swap" in chosen or draw(st.booleans()))
     return ModelSpec(
         layout=layout, blocks=picked, batch=batch, extra_kind=extra_kind, extra=extra,
         static_extra=draw(st.sampled_from((6, 8))),
         example_batch=draw(st.sampled_from((1, 1, 2))) if batch else 2,
         two_outputs=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+        star_args=draw(st.sampled_from((False, False, False, True))), hw_independent=independent,
+        warm_up=draw(st.booleans()),
     )
 
 
@@ -505,4 +757,5 @@ def sub_specs(draw: Any, spec: ModelSpec) -> ModelSpec:
     with dropped blocks the simplest choice, so Hypothesis shrinks towards fewer blocks."""
     keep = [draw(st.booleans()) for _ in spec.blocks]
     blocks = tuple(b for b, k in zip(spec.blocks, keep) if k)
-    return dataclasses.replace(spec, blocks=blocks, two_outputs=spec.two_outputs and draw(st.booleans()))
+    return dataclasses.replace(spec, blocks=blocks, two_outputs=spec.two_outputs and draw(st.booleans()),
+                               star_args=spec.star_args and draw(st.booleans()))

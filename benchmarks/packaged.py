@@ -128,8 +128,12 @@ def _images(size: int) -> Callable[[], tuple[torch.Tensor, ...]]:
     return lambda: (torch.randn(1, 3, size, size),)
 
 
-def _hw(lo: int, opt: int, hi: int, step: int | None = None) -> dict[int, dict[int, tuple[int, ...]]]:
-    spec = (lo, opt, hi) if step is None else (lo, opt, hi, step)
+def _hw(lo: int, opt: int, hi: int, step: int | None = None, square: bool = True) -> dict[int, dict[int, tuple]]:
+    """H and W dynamic: one ``side`` (square images, which is what these cases judge), or, with
+    ``square=False``, independent dims verified at H != W too."""
+    spec: tuple = (lo, opt, hi) if step is None else (lo, opt, hi, step)
+    if square:
+        spec = ("side", *spec)
     return {0: {2: spec, 3: spec}}
 
 
@@ -140,7 +144,7 @@ CASES: tuple[Case, ...] = (
          Config(_images(128), {"dynamic": _hw(64, 128, 192)}, (64, 100, 192)),
          quick=None, sites=HW),
     Case("resnet18_hw", _torchvision("resnet18"),
-         Config(_images(96), {"dynamic": _hw(64, 96, 128)}, (64, 100, 128)), sites=HW),
+         Config(_images(96), {"dynamic": _hw(64, 96, 128, square=False)}, (64, 100, 128)), sites=HW),
     Case("deeplabv3_mobilenet_v3_large_hw", _torchvision("deeplabv3_mobilenet_v3_large", weights_backbone=None),
          Config(_images(96), {"dynamic": _hw(64, 96, 128)}, (64, 100, 128)),
          quick=Config(_images(64), {"dynamic": _hw(64, 64, 96)}, (64, 96), batches=(1, 3)), sites=HW),

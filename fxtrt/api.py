@@ -21,7 +21,7 @@ from fxtrt.artifacts.claims import Claims, stamp_dims
 from fxtrt.artifacts.loading import SERVING, serving_record
 from fxtrt.artifacts.compiled_model import CompiledModel
 from fxtrt.artifacts.onnx_model import MODEL_FILE, bucket_file
-from fxtrt.backend.buckets import BatchSizeRead, batch_size_read, fallback
+from fxtrt.backend.buckets import BatchSizeRead, batch_size_read, fallback, padding_probe_sizes
 from fxtrt.backend.cleanup import check_dynamic_dims, cleanup, restore_dim_names, save_onnx
 from fxtrt.backend.divergence import graph_verdict
 from fxtrt.backend.divergence import trace_divergence as first_divergence  # and a trace_divergence= one
@@ -141,7 +141,7 @@ def compile(
             if gm is not None:
                 divergence = _divergence(rows, report, settings, gm, artifact, captured, total, model)
             else:  # a bucket set: no FX graph to compare; whether the model reads the batch size instead
-                divergence = _batch_size_read(rows, model, inputs, settings, report)
+                divergence = _batch_size_read(model, inputs, settings, report)
             artifact = _check(artifact, rows, report, divergence)
         else:
             report.notes.append("verification was skipped (verify=False): nothing checks this model against the original")
@@ -211,13 +211,16 @@ def _check(artifact: Artifact, rows: list[VerifyRow], report: Report, divergence
     return artifact
 
 
-def _batch_size_read(rows: list[VerifyRow], model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
-                     settings: Settings, report: Report) -> BatchSizeRead | None:
-    """Where a bucket set fails verification: whether the model reads the batch size as a value."""
-    if settings.batch is None or all(r.passed for r in rows):
+def _batch_size_read(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], settings: Settings,
+                     report: Report) -> BatchSizeRead | None:
+    """Whether the model reads the batch size as a value, for a bucket set: then a batch padded to a
+    bucket is not what the model would see, at sizes verification may not visit (a condition on
+    ``x.size(0)`` flips between them), so this is checked at every size padding serves."""
+    if settings.batch is None or settings.buckets is None:
         return None
     with ModuleState(model):
-        read = batch_size_read(model, inputs, settings.batch, settings.atol, settings.rtol)
+        read = batch_size_read(model, inputs, settings.batch, settings.atol, settings.rtol,
+                               padding_probe_sizes(settings.buckets))
     if read is None:
         return None
     return dataclasses.replace(read, source=report.stages.get("buckets", {}).get("source"))

@@ -167,36 +167,47 @@ class BatchSizeRead:
     source: str | None = None
 
 
+def padding_probe_sizes(buckets: Sequence[int], limit: int = 16) -> list[int]:
+    """The batch sizes :func:`batch_size_read` runs: every size up to ``limit`` and up to the
+    largest bucket, and each bucket with its neighbours above that (where a condition on the batch
+    size would flip between a batch and the bucket it is padded to)."""
+    largest = max(buckets)
+    sizes = set(range(1, min(largest, limit) + 1))
+    sizes |= {n for b in buckets for n in (b - 1, b, b + 1) if 1 <= n <= largest}
+    return sorted(sizes)
+
+
 def batch_size_read(model: torch.nn.Module, example: Sequence[torch.Tensor], batch: DynamicDim,
-                    atol: float, rtol: float) -> BatchSizeRead | None:
-    """Run the model on the example's first sample copied to two batch sizes (copies exactly
-    alike): if that sample's outputs differ, the model reads the batch size as a value."""
-    sizes = tuple(n for n in (batch.min, batch.min + 1, 2, 3) if n >= batch.min and n <= batch.max)
-    pair = tuple(sorted(set(sizes)))[:2]
-    if len(pair) < 2:
+                    atol: float, rtol: float, sizes: Sequence[int] | None = None) -> BatchSizeRead | None:
+    """Run the model on the example's first sample copied to each batch size in ``sizes`` (copies
+    exactly alike): if that sample's outputs differ between two of them, the model reads the batch
+    size as a value (``len(x)``, ``torch.cond(x.size(0) > 2, ...)``), and a batch padded to a
+    bucket is not the batch the model would see."""
+    sizes = sorted(set(sizes if sizes is not None else (batch.min, batch.min + 1)))
+    if len(sizes) < 2:
         return None
-    outs = []
-    for n in pair:
+    first: tuple[int, list[torch.Tensor]] | None = None
+    for n in sizes:
         inputs = list(example)
         for i, axis in batch.sites:
             inputs[i] = resize_dim(inputs[i].narrow(axis, 0, 1), axis, n)
         try:
             with torch.no_grad():
-                leaves = pytree.tree_leaves(model(*inputs))
-        except Exception:  # a model that cannot run at those sizes: no diagnosis
+                leaves = [t for t in pytree.tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
+        except Exception:  # a model that cannot run at that size: no diagnosis
             return None
-        outs.append([(t, axis) for t, axis in zip(leaves, _batch_axes(leaves, n))])
-    for (a, axis_a), (b, axis_b) in zip(*outs):
-        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        if first is None:
+            first = (n, leaves)
             continue
-        a0 = a.narrow(axis_a, 0, 1) if axis_a is not None else a
-        b0 = b.narrow(axis_b, 0, 1) if axis_b is not None else b
-        if a0.shape != b0.shape or not torch.allclose(a0.double(), b0.double(), atol=atol, rtol=rtol):
-            return BatchSizeRead(pair)  # type: ignore[arg-type]
+        n0, base = first
+        for a, b in zip(base, leaves):
+            if a.dim() != b.dim():
+                return BatchSizeRead((n0, n))
+            # the batch axis: where the sizes are the two batch sizes (none: an output without one)
+            axis = next((k for k, (x, y) in enumerate(zip(a.shape, b.shape)) if (x, y) == (n0, n)), None)
+            if any(x != y for k, (x, y) in enumerate(zip(a.shape, b.shape)) if k != axis):
+                return BatchSizeRead((n0, n))
+            a0, b0 = (a, b) if axis is None else (a.narrow(axis, 0, 1), b.narrow(axis, 0, 1))
+            if not torch.allclose(a0.double(), b0.double(), atol=atol, rtol=rtol):
+                return BatchSizeRead((n0, n))
     return None
-
-
-def _batch_axes(leaves: Sequence[object], n: int) -> list[int | None]:
-    return [next((i for i, s in enumerate(t.shape) if s == n), None) if isinstance(t, torch.Tensor) else None
-            for t in leaves]
-

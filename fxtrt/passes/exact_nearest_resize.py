@@ -18,17 +18,10 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, fake_value
 
 aten = torch.ops.aten
 NEAREST = {aten.upsample_nearest1d.vec: 1, aten.upsample_nearest2d.vec: 2, aten.upsample_nearest3d.vec: 3}
-
-
-def _with_val(node: torch.fx.Node, mode: object) -> None:
-    """``node.meta["val"]``: the node's op on the fake values of its arguments, in ``mode``."""
-    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: a.meta.get("val"))
-    with mode:  # type: ignore[attr-defined]
-        node.meta["val"] = node.target(*args, **kwargs)
 
 
 def exact_nearest_resize(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -50,7 +43,7 @@ def exact_nearest_resize(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
         def add(target, *args, **kwargs):
             new = graph.call_function(target, args, kwargs)
             new.meta.update(meta)
-            _with_val(new, mode)
+            fake_value(new, mode)
             return new
 
         with graph.inserting_before(node):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, fake_value
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -33,15 +33,6 @@ def _same(a: object, b: object) -> bool:
     if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
         return isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt) and a.node.expr == b.node.expr
     return a == b
-
-
-def _with_val(node: torch.fx.Node) -> None:
-    """``node.meta["val"]``: the node's op on the fake values of its arguments (emission reads them)."""
-    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: a.meta.get("val"))
-    mode = next((v.fake_mode for v in args if isinstance(v, torch.Tensor) and hasattr(v, "fake_mode")), None)
-    if mode is not None:
-        with mode:
-            node.meta["val"] = node.target(*args, **kwargs)
 
 
 def fold_attention_dims(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -65,7 +56,7 @@ def fold_attention_dims(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
             for t in (q, k, v):
                 f = graph.call_function(aten.flatten.using_ints, (t, 0, lead - 1))
                 f.meta.update(meta)
-                _with_val(f)
+                fake_value(f)
                 folded.append(f)
             sizes = []
             for i in range(lead):
@@ -79,7 +70,7 @@ def fold_attention_dims(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
                     sizes.append(int(size))
             attend = graph.call_function(SDPA, (*folded, *node.args[3:]), dict(node.kwargs))
             attend.meta.update(meta)
-            _with_val(attend)
+            fake_value(attend)
         with graph.inserting_after(attend):
             back = graph.call_function(aten.unflatten.int, (attend, 0, sizes))
         back.meta.update(meta)

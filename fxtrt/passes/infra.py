@@ -84,6 +84,21 @@ def change(node: torch.fx.Node, before: str, after: str, note: str = "") -> Chan
     return Change(node.name, before, after, source, note)
 
 
+def fake_value(node: torch.fx.Node, mode: Any = None) -> None:
+    """Set ``node.meta["val"]`` to its op run on its arguments' fake values (in ``mode``, else the
+    fake mode of a tensor argument), as torch.export would have: emission and later passes read
+    it. Left unset where an argument has no value."""
+    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: a.meta.get("val"))
+    if any(isinstance(a, torch.fx.Node) and a.meta.get("val") is None for a in node.all_input_nodes):
+        return
+    if mode is None:
+        mode = next((v.fake_mode for v in torch.utils._pytree.tree_leaves((args, kwargs))
+                     if isinstance(v, torch.Tensor) and hasattr(v, "fake_mode")), None)
+    if mode is not None:
+        with mode:
+            node.meta["val"] = node.target(*args, **kwargs)
+
+
 def fmt(value: Any) -> str:
     """Short, stable text for node arguments in change records."""
     if isinstance(value, torch.fx.Node):

@@ -18,7 +18,7 @@ import operator
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, change
+from fxtrt.passes.infra import PassContext, PassResult, change, fake_value
 
 aten = torch.ops.aten
 
@@ -58,16 +58,6 @@ def _scalar_closure(read: torch.fx.Node) -> tuple[list[torch.fx.Node], list[torc
     return scalars, consumers
 
 
-def _fake(node: torch.fx.Node, fn, *args) -> None:
-    vals = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
-    fake = next((v for v in vals if isinstance(v, torch.Tensor)), None)
-    mode = getattr(fake, "fake_mode", None)
-    if mode is None:
-        return
-    with mode:
-        node.meta["val"] = fn(*vals)
-
-
 def scalar_reads_as_tensors(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     changes = []
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -77,7 +67,8 @@ def scalar_reads_as_tensors(gm: torch.fx.GraphModule, ctx: PassContext) -> PassR
         if not isinstance(val, torch.Tensor) or not val.is_floating_point() or any(
                 not isinstance(d, int) or d != 1 for d in val.shape):
             continue
-        found = _scalar_closure(read)
+        mode = getattr(val, "fake_mode", None)
+        found = _scalar_closure(read) if mode is not None else None
         if found is None or not found[1]:
             continue
         scalars, consumers = found
@@ -90,10 +81,10 @@ def scalar_reads_as_tensors(gm: torch.fx.GraphModule, ctx: PassContext) -> PassR
         with gm.graph.inserting_before(read):
             flat = gm.graph.call_function(aten.reshape.default, (src, []))
             flat.meta.update(meta)
-            _fake(flat, lambda t, s: torch.ops.aten.reshape.default(t, s), src, [])
+            fake_value(flat, mode)
             zero_d = gm.graph.call_function(aten._to_copy.default, (flat,), {"dtype": torch.float32})
             zero_d.meta.update(meta)
-            _fake(zero_d, lambda t: torch.ops.aten._to_copy.default(t, dtype=torch.float32), flat)
+            fake_value(zero_d, mode)
         tensor_of[read] = zero_d
         for node in sorted(scalars[1:], key=order.__getitem__):
             op = _PYTHON[node.target]
@@ -105,13 +96,12 @@ def scalar_reads_as_tensors(gm: torch.fx.GraphModule, ctx: PassContext) -> PassR
                 with gm.graph.inserting_before(node):
                     first = gm.graph.call_function(aten.scalar_tensor.default, (args[0],), {"dtype": torch.float32})
                     first.meta.update(meta)
-                    _fake(first, lambda v, ref: torch.ops.aten.scalar_tensor.default(v, dtype=torch.float32),
-                          args[0], zero_d)
+                    fake_value(first, mode)
                 args[0] = first
             with gm.graph.inserting_before(node):
                 new = gm.graph.call_function(op, tuple(args))
             new.meta.update(meta)
-            _fake(new, op, *args)
+            fake_value(new, mode)
             tensor_of[node] = new
         for user in consumers:
             user.target = _TENSOR[user.target]

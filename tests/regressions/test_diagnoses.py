@@ -53,3 +53,21 @@ def test_sympy_and_numpy_frames_are_never_a_source():
     import sympy
 
     assert is_library(sympy.__file__) and is_library(numpy.__file__)
+
+
+class LoopAndCondOnBatch(torch.nn.Module):
+    """A per-sample loop (so a bucket set serves it) and a branch on the batch size: batch 2
+    padded to bucket 4 would take the other branch, at a size verification does not visit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        x = torch.stack([self.fc(row) * (i + 1) for i, row in enumerate(x)])
+        return torch.cond(x.size(0) > 2, lambda t: t * 2 + 1, lambda t: t.flip(1) - 1, (x,))  # COND
+
+
+def test_a_bucket_set_for_a_model_that_branches_on_the_batch_size_is_refused():
+    with pytest.raises(fxtrt.VerificationError, match="reads the batch size as a value"):
+        fxtrt.compile(LoopAndCondOnBatch().eval(), torch.randn(1, 6, 8), batch=(1, 4, 8))
