@@ -48,7 +48,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from benchmarks.hazards import BLOCK_NAMES, ModelSpec, model_specs, render, sub_specs
+from benchmarks.hazards import BLOCK_NAMES, ModelSpec, model_specs, piece_counts, render, sub_specs
 
 log = logging.getLogger(__name__)
 
@@ -344,15 +344,23 @@ def corruption(model: Any, twin: Any, before: dict[str, Any], inputs: Sequence[A
     return None
 
 
+def _pieces_change(spec: ModelSpec, variant: Any) -> bool:
+    """A chunk/split block whose number of pieces changes over the drawn range (refused at its line)."""
+    if not variant.pieces or not spec.extra:
+        return False
+    op, k = variant.pieces
+    return len(piece_counts(op, k, spec.extra[0], spec.extra[2])) > 1
+
+
 def _source_verdict(spec: ModelSpec, model_file: Path, source: str | None, spans: dict[str, tuple[int, int]]) -> str:
-    """Where ``.source`` points: "hazard" (a line of a block that reads a value from the input,
-    or of any block when none does), "model" (another line of the model file), "elsewhere" or "none"."""
+    """Where ``.source`` points: "hazard" (a line of a block that reads a value from the input or
+    chunks a dynamic dim into a changing number of pieces, or of any block when none does), "model" (another line of the model file), "elsewhere" or "none"."""
     if not source:
         return "none"
     path, _, line = source.rpartition(":")
     if not line.isdigit() or Path(path).resolve() != model_file.resolve():
         return "elsewhere"
-    keys = [k for k, v in zip(spans, spec.variants()) if "read" in v.tags] or list(spans)
+    keys = [k for k, v in zip(spans, spec.variants()) if "read" in v.tags or _pieces_change(spec, v)] or list(spans)
     return "hazard" if any(spans[k][0] <= int(line) <= spans[k][1] for k in keys) else "model"
 
 

@@ -227,4 +227,23 @@ def _capture_text(name: str, stage: dict[str, Any]) -> list[str]:
     return out
 
 
-_STAGE_TEXT = {"capture": _capture_text, "buckets": _buckets_text, "fp16": _fp16_text, "engines": _engines_text}
+def _serving_text(name: str, stage: dict[str, Any]) -> list[str]:
+    """What calls are served: each input's shape with its dims' claims (``x: [batch 1..32, 3, 224, 224]``)."""
+    claims = stage.get("claims", {})
+    at = {(site[0], site[1]): d for d in claims.get("dims", []) for site in d.get("sites", [])}
+
+    def axis(i: str, k: int, n: Any) -> str:
+        d = at.get((i, k))
+        if d is None:
+            return str(n)
+        top = "" if d.get("max") is None else d["max"]
+        return f"{d['name']} {d['min']}..{top}" + (f" step {d['step']}" if d.get("step") else "")
+
+    shapes = [f"{i['name']}: [" + ", ".join(axis(i["name"], k, n) for k, n in enumerate(i["shape"])) + "]"
+              for i in claims.get("inputs", [])]
+    return [f"serves: {'; '.join(shapes)} (any other size is a ConfigError); outputs "
+            f"{', '.join(stage.get('outputs', []))}"]
+
+
+_STAGE_TEXT = {"capture": _capture_text, "buckets": _buckets_text, "fp16": _fp16_text, "engines": _engines_text,
+               "serving": _serving_text}
