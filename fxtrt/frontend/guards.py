@@ -215,7 +215,40 @@ def check_hole_runs(model: torch.nn.Module, example: tuple[torch.Tensor, ...], d
         failure = eager_failure(model, inputs_at(example, dims, point))
         if failure is not None:
             sizes = ", ".join(f"{k}={v}" for k, v in point.items())
+            found = step_on_grid(model, example, dims, point) if len(point) == 1 else None
+            if found is not None:
+                d, step, runs = found
+                lo, hi = -(-d.min // step) * step, d.max // step * step
+                opt = min(max(lo, d.opt // step * step), hi)
+                raise ConfigError(
+                    f"dynamic dim '{d.name}' is served only on multiples of {step}: the model runs at "
+                    f"{', '.join(map(str, runs))} and fails at {sizes} ({failure[0]}); {hole.describe()}",
+                    source=failure[1] or hole.source,
+                    hint=f"declare the step: ({lo}, {opt}, {hi}, {step}) for '{d.name}'")
             raise ConfigError(f"{hole.describe()}, and at {sizes} the model fails: {failure[0]}",
                               source=failure[1] or hole.source,
                               hint="give the dim a step, (min, opt, max, step), so that only sizes the model serves "
                                    "are claimed, or narrow the range")
+
+
+STEPS = (2, 4, 8, 16, 32, 64, 128)
+
+
+def step_on_grid(model: torch.nn.Module, example: tuple[torch.Tensor, ...], dims: Sequence[DynamicDim],
+                 point: dict[str, int]) -> tuple[DynamicDim, int, list[int]] | None:
+    """The smallest step (2, 4, ..., 128) whose first three multiples in the dim's range the model
+    runs at, for a dim where it fails at ``point``: YOLO's stride of 32, found on the grid rather
+    than guessed. None when no such step fits in the range."""
+    ((name, failing),) = point.items()
+    d = next((d for d in dims if d.name == name), None)
+    if d is None:
+        return None
+    for step in STEPS:
+        if failing % step == 0:
+            continue
+        runs = list(range(-(-d.min // step) * step, d.max + 1, step))[:3]
+        if len(runs) < 2:
+            return None
+        if all(eager_failure(model, inputs_at(example, dims, {name: n})) is None for n in runs):
+            return d, step, runs
+    return None

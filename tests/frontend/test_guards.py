@@ -49,9 +49,11 @@ def test_a_step_restricts_the_check_to_the_sizes_claimed():
 
 
 def test_a_hole_where_the_model_cannot_run_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"which fails at h=5.*at h=5 the model fails") as info:
+    with pytest.raises(ConfigError, match=r"served only on multiples of 2: the model runs at 4, 6, 8 and fails at "
+                                          r"h=5.*which fails at h=5") as info:
         fxtrt.compile(EvenSplit(), torch.randn(2, 16), batch=None, dynamic={0: {1: ("h", 4, 16, 64)}},
                       out_dir=tmp_path / "out")
+    assert info.value.hint == "declare the step: (4, 16, 64, 2) for 'h'"
     assert info.value.source is not None and "test_guards.py" in info.value.source
     assert not (tmp_path / "out").exists()
 
