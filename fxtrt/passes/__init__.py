@@ -15,6 +15,7 @@ from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
 from fxtrt.passes.drop_noop_squeezes import drop_noop_squeezes
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.exact_nearest_resize import exact_nearest_resize
+from fxtrt.passes.explicit_reduce_dims import explicit_reduce_dims
 from fxtrt.passes.fix_dtypes import fix_dtypes
 from fxtrt.passes.fold_attention_dims import fold_attention_dims
 from fxtrt.passes.fold_constant_reads import fold_constant_reads
@@ -33,6 +34,7 @@ REGISTRY: dict[str, PassFn] = {
     "max_pool_1d_as_2d": max_pool_1d_as_2d,
     "drop_noop_squeezes": drop_noop_squeezes,
     "exact_nearest_resize": exact_nearest_resize,
+    "explicit_reduce_dims": explicit_reduce_dims,
     "fold_attention_dims": fold_attention_dims,
     "canonicalize_flatten": canonicalize_flatten,
     "relax_views": relax_views,
