@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from benchmarks.corpus import dynamic_models, seed_patterns, timm_models, torchvision_models, transformers_models
+from benchmarks.corpus import dynamic_models, peer_models, seed_patterns, timm_models, torchvision_models, transformers_models
 from benchmarks.model_spec import ModelSpec
 
 QUICK_LIMIT = 8
@@ -20,7 +20,7 @@ def all_specs() -> tuple[ModelSpec, ...]:
     """Every corpus entry, in run order: seed patterns first, since they are the fastest."""
     specs = (
         seed_patterns.SPECS + torchvision_models.SPECS + timm_models.SPECS + transformers_models.SPECS
-        + dynamic_models.SPECS
+        + dynamic_models.SPECS + peer_models.SPECS
     )
     names = [s.name for s in specs]
     duplicates = {n for n in names if names.count(n) > 1}
