@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -233,12 +234,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fxtrt: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
-        print(f"fxtrt: {args.command} interrupted (SIGINT); nothing was written", file=sys.stderr)
-        return SIGINT_STATUS
+        _stopped(f"fxtrt: {args.command} interrupted (SIGINT); nothing was written", SIGINT_STATUS)
     except Terminated:
-        print(f"fxtrt: {args.command} terminated (SIGTERM); nothing was written", file=sys.stderr)
-        return SIGTERM_STATUS
+        _stopped(f"fxtrt: {args.command} terminated (SIGTERM); nothing was written", SIGTERM_STATUS)
     return 0
+
+
+def _stopped(line: str, status: int) -> None:
+    """One line, then exit at once: the staging directory is already gone (the exception unwound
+    compile), and the interpreter's own shutdown would add lines of its own (an extension
+    interrupted mid-call reports its leaked objects on stderr)."""
+    print(line, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

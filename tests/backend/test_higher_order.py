@@ -210,7 +210,8 @@ def test_timm_efficientvit_b0_with_its_autocast_disabled_attention(tmp_path):
     """timm's LiteMLA computes attention under ``torch.autocast(enabled=False)``."""
     timm = pytest.importorskip("timm")
     model = timm.create_model("efficientvit_b0", pretrained=False).eval()
-    compiled = fxtrt.compile(model, torch.randn(1, 3, 224, 224), batch=(1, 2, 4), out_dir=tmp_path / "out")
+    # at 128x128 (a conv net with global pooling: any size that is a multiple of 32) to keep make test short
+    compiled = fxtrt.compile(model, torch.randn(1, 3, 128, 128), batch=(1, 2, 4), out_dir=tmp_path / "out")
     assert compiled.report.verified
     for b in (1, 3):
-        _assert_matches(compiled, model, torch.randn(b, 3, 224, 224))
+        _assert_matches(compiled, model, torch.randn(b, 3, 128, 128))

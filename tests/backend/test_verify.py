@@ -174,7 +174,7 @@ def test_saturated_attention_with_large_logits_passes_by_the_float64_rule():
 
     torch.manual_seed(0)
     model = timm.create_model("visformer_tiny", pretrained=False).eval()
-    c = fxtrt.compile(model, torch.randn(1, 3, 224, 224), batch=(1, 3, 8))
+    c = fxtrt.compile(model, torch.randn(1, 3, 224, 224), batch=(1, 2, 3))
     assert c.report.verified
     decided = [r for r in c.report.verification if "float64 rule" in r.note]
     assert decided and all("within" in r.note for r in decided)
