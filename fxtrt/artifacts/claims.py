@@ -5,7 +5,8 @@ from a 1..32 claim) and sizes that break an assumption (H != W where one symbol 
 :class:`Claims` holds each input's static sizes and each dynamic dim's range, step and sites;
 :meth:`Claims.check` turns a call outside them into a ``ConfigError`` that names the input, the
 axis, the size and the claim. The dims also go into every ONNX file's ``metadata_props``
-(:data:`DIMS_KEY`), so that other tools, and :func:`fxtrt.load`, can enforce them.
+(:data:`DIMS_KEY`), so that other tools can enforce them; :func:`fxtrt.load` reads the
+same claims from ``report.json``.
 
 Example::
 
@@ -151,17 +152,6 @@ def stamp_dims(model: Any, dims: Sequence[DynamicDim], input_names: Sequence[str
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
     entry.key, entry.value = DIMS_KEY, dims_metadata(dims, input_names)
-
-
-def read_dims(model: Any) -> list[dict[str, Any]] | None:
-    """The dims an ONNX model records (:func:`stamp_dims`), or None."""
-    for p in model.metadata_props:
-        if p.key == DIMS_KEY:
-            try:
-                return json.loads(p.value)
-            except json.JSONDecodeError:
-                raise ConfigError(f"the ONNX model's {DIMS_KEY} metadata is not JSON") from None
-    return None
 
 
 def _show(shape: Sequence[int | None]) -> str:

@@ -24,7 +24,7 @@ import torch.utils._pytree as pytree
 
 from fxtrt.artifacts.base import Artifact
 from fxtrt.artifacts.bucket_set import BucketServer, BucketSet
-from fxtrt.artifacts.claims import Claims, DimClaim
+from fxtrt.artifacts.claims import Claims
 from fxtrt.artifacts.onnx_model import OnnxModel
 from fxtrt.artifacts.staging import REPORT_FILE
 from fxtrt.backend.verify import Tolerance
@@ -143,4 +143,4 @@ def _tensors(graph: onnx.GraphProto):
                 yield from _tensors(sub)
 
 
-__all__ = ["DimClaim", "load", "serving_record"]
+__all__ = ["SERVING", "load", "serving_record"]
