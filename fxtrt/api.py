@@ -250,8 +250,8 @@ def _lower_artifact(
             settings, captured, gm = _lower(model, inputs, settings, pipeline, report, stage_dir / MODEL_FILE, total)
             return settings, captured, gm, OnnxModel.compiled(stage_dir / MODEL_FILE, captured, settings)
         except StructureError as exc:
-            if settings.batch is None:
-                raise
+            if settings.batch is None or (exc.dims and settings.batch.name not in exc.dims):
+                raise  # static batches would not help: the structure follows another dim
             buckets, report.stages["buckets"], note = fallback(settings.batch, exc)
             log.warning("the batch can't be dynamic (%s%s); compiling static-batch models for batch %s instead",
                         exc.message, f", at {exc.source}" if exc.source else "", list(buckets))

@@ -48,7 +48,13 @@ class GeneralizationError(FxtrtError):
 
 class StructureError(GeneralizationError):
     """The graph's structure (not just its sizes) changes with a dynamic dim, e.g. a Python
-    loop over the samples. With a dynamic batch, compile() falls back to a static-batch bucket set."""
+    loop over the samples. With a dynamic batch, compile() falls back to a static-batch bucket set,
+    unless ``dims`` (the dims whose size was seen to change the structure, when known) leaves the
+    batch out: then static batches would not help."""
+
+    def __init__(self, message: str, *, dims: tuple[str, ...] = (), **kwargs) -> None:
+        self.dims = tuple(dims)
+        super().__init__(message, **kwargs)
 
 
 class PassError(FxtrtError):

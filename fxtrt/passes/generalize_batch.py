@@ -165,12 +165,15 @@ def _structure_error(caps, i: int) -> GeneralizationError:
             f"{base.sizes}, {n_b} at {other.sizes} (a loop that returns one tensor per sample, say)",
             node=culprit.name, source=source_of(culprit) or source_of(a[min(k, len(a) - 1)]),
             hint="return one batched tensor (torch.stack the per-sample results) instead of one tensor per sample")
+    changed = tuple(d for d in base.sizes if base.sizes[d] != other.sizes.get(d))
     return StructureError(
         f"the graph's structure depends on the {_dim_word(base.sizes, other.sizes)} ({where}{detail})",
         node=culprit.name,
         source=source_of(culprit) or source_of(a[min(k, len(a) - 1)]),
-        hint="replace Python loops over samples or per-sample lists with batched tensor ops; "
-        "or compile a set of static-batch models instead",
+        dims=changed,
+        hint="replace Python loops over samples or per-sample lists with batched tensor ops; " + (
+            "or compile a set of static-batch models instead" if "batch" in changed else
+            f"or give {' and '.join(map(repr, changed))} one size, or a range over which the graph keeps one structure"),
     )
 
 

@@ -151,14 +151,23 @@ class GruSpeechEncoder(nn.Module):
         return self.out(y) * m
 
 
-def test_gru_speech_encoder_with_batch_and_time_dynamic():
+def test_gru_speech_encoder_with_batch_and_time_dynamic(tmp_path):
+    """The seed's case end to end: GRU nodes, and a TensorRT plan that keeps the batch dynamic and
+    discretises T (one engine per T value), as the seed recommends."""
     model = GruSpeechEncoder().eval()
     x, mask = torch.randn(1, 100, 80), torch.ones(1, 1, 100)
     mask[..., 90:] = 0
     t = ("T", 20, 100, 2000)
-    compiled = fxtrt.compile(model, (x, mask), batch=(1, 2, 4), dynamic={0: {1: t}, 1: {2: t}})
+    compiled = fxtrt.compile(model, (x, mask), batch=(1, 2, 4), dynamic={0: {1: t}, 1: {2: t}},
+                             target="tensorrt", out_dir=tmp_path / "out")
     ops = _op_counts(compiled)
     assert ops["GRU"] == 2 and "Loop" not in ops and ops["MatMul"] <= 2, ops  # the two Linears
+    plan = compiled.report.stages["engines"]["plan"]
+    assert plan["kind"] == "split" and plan["keep_dynamic"] == "batch", plan
+    assert plan["split"]["T"][0] == 20 and plan["split"]["T"][-1] == 2000 and 100 in plan["split"]["T"]
+    for engine in plan["engines"]:
+        (x_in, _) = engine["inputs"]
+        assert x_in["min"][0] == 1 and x_in["max"][0] == 4 and x_in["min"][1] == x_in["max"][1] == engine["fixed"]["T"]
     seen = {(r.sizes["batch"], r.sizes["T"]) for r in compiled.report.verification}
     assert {(1, 20), (4, 2000)} <= seen
     _assert_matches(model, compiled, (x.repeat(3, 7, 1)[:, :651], mask.repeat(3, 1, 7)[..., :651]))
