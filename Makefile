@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/fxtrt compile torchvision:resnet50 --input 1x3x224x224 --batch 1:8:32 --out demo_out
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=5
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=5
 
 bench-quick: setup
 	$(BIN)/python -m benchmarks.fidelity --quick

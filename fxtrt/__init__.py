@@ -4,7 +4,7 @@ The pipeline is ``frontend`` (torch.export capture) → ``passes`` (graph rewrit
 (ONNX emission, cleanup, verification) → ``Report``.
 """
 from fxtrt.api import CompiledModel, compile
-from fxtrt.artifacts.loading import load
+from fxtrt.loading import load
 from fxtrt.onnx_export import onnx_export
 from fxtrt.errors import (
     CaptureError,

@@ -89,34 +89,43 @@ def _settings_defaults() -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
 
 
+SPEC_HELP = ("the model, built offline with random weights: torchvision:NAME, timm:NAME[:JSON kwargs], "
+             "transformers:CLASS[:JSON config overrides] (e.g. transformers:BertModel:'{\"num_hidden_layers\":2}'), "
+             "ultralytics:FILE.yaml (e.g. yolov8n.yaml), package.module:factory or path/to/file.py:factory")
+
+
+def _model_arguments(p: argparse.ArgumentParser, inputs: tuple[str, str], dynamic: tuple[str, str]) -> None:
+    """What compile and explain both take: the model, its example, its batch and dynamic dims
+    (``inputs`` and ``dynamic``: each option's metavar and help)."""
+    p.add_argument("spec", help=SPEC_HELP)
+    p.add_argument("--input", action="append", required=True, metavar=inputs[0], help=inputs[1])
+    p.add_argument("--batch", help="MIN:OPT:MAX batch sizes to serve, or 'none' (default: "
+                   + ":".join(map(str, DEFAULT_BATCH)) + ")")
+    p.add_argument("--batch-dims", help="per input, the batch dim or 'none', e.g. 1,1 (default: 0 for every input)")
+    p.add_argument("--dynamic", action="append", default=[], metavar=dynamic[0], help=dynamic[1])
+    p.add_argument("--seed", type=int, default=0, help="seed for the random weights and example inputs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fxtrt", description="PyTorch → dynamic-batch ONNX that matches the original.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     default = _settings_defaults()
-    batch = ":".join(map(str, DEFAULT_BATCH))
 
     c = sub.add_parser("compile", help="compile a model to ONNX and verify it", formatter_class=_HelpFormatter)
-    c.add_argument("spec", help="the model, built offline with random weights: torchvision:NAME, timm:NAME[:JSON kwargs], "
-                   "transformers:CLASS[:JSON config overrides] (e.g. transformers:BertModel:'{\"num_hidden_layers\":2}'), "
-                   "ultralytics:FILE.yaml (e.g. yolov8n.yaml), package.module:factory or path/to/file.py:factory")
-    c.add_argument("--input", action="append", required=True, metavar="[NAME=]SHAPE[:DTYPE]",
-                   help="an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs; "
-                        "NAME= passes it by keyword (input_ids=1x16:int64), and an int *mask is all ones")
-    c.add_argument("--batch", default=batch, help="MIN:OPT:MAX batch sizes to serve, or 'none'")
-    c.add_argument("--batch-dims", help="per input, the batch dim or 'none', e.g. 1,1 (default: 0 for every input)")
-    c.add_argument("--dynamic", action="append", default=[], metavar="I:D=[NAME:]MIN:OPT:MAX[:STEP]",
-                   help="another dynamic dim, e.g. 0:1=20:1000:2000, or 0:2=320:640:1280:32 for multiples "
-                        "of 32 (repeatable; dims are independent unless given one NAME, e.g. "
-                        "0:2=side:320:640:1280:32 and 0:3=side:320:640:1280:32 for H = W; default: none)")
+    _model_arguments(c, ("[NAME=]SHAPE[:DTYPE]", "an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several "
+                         "inputs; NAME= passes it by keyword (input_ids=1x16:int64), and an int *mask is all ones"),
+                     ("I:D=[NAME:]MIN:OPT:MAX[:STEP]",
+                      "another dynamic dim, e.g. 0:1=20:1000:2000, or 0:2=320:640:1280:32 for multiples of 32 "
+                      "(repeatable; dims are independent unless given one NAME, e.g. 0:2=side:320:640:1280:32 and "
+                      "0:3=side:320:640:1280:32 for H = W; default: none)"))
     c.add_argument("--out", help="artifact directory; files an earlier compile wrote there are replaced "
                                   "(default: a new temporary directory, kept)")
     c.add_argument("--opset", type=int, default=default["opset"], help="ONNX opset")
     c.add_argument("--atol", type=float, default=default["atol"], help="absolute tolerance of the check")
     c.add_argument("--rtol", type=float, default=default["rtol"], help="relative tolerance of the check")
     c.add_argument("--no-verify", action="store_true", help="skip the check against the original (not recommended)")
-    c.add_argument("--seed", type=int, default=0, help="seed for the random weights and example inputs")
     c.add_argument("--debug-dir", help="dump the graph after every pass here, and check each pass numerically "
                                         "(default: none, no dumps)")
     c.add_argument("--trace-divergence", action="store_true",
@@ -131,32 +140,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: none, one dynamic-batch model)")
     c.add_argument("--keep-dynamic", default=default["keep_dynamic"], metavar="DIM",
                    help="with --target tensorrt and several dynamic dims, the one that stays dynamic")
+    c.add_argument("--strict", action="store_true", default=default["strict"],
+                   help="with --target tensorrt, fail when TensorRT's ONNX parser would not take every node")
     c.add_argument("--fp16-atol", type=float, default=default["fp16_atol"],
                    help="absolute tolerance of the fp16 model's check")
     c.add_argument("--fp16-rtol", type=float, default=default["fp16_rtol"],
                    help="relative tolerance of the fp16 model's check")
-
-    e = sub.add_parser("explain", help="list what would break a dynamic export, with source lines; emit nothing",
-                       formatter_class=_HelpFormatter)
-    e.add_argument("spec", help="the model, built offline with random weights: torchvision:NAME, timm:NAME[:JSON kwargs], "
-                   "transformers:CLASS[:JSON config overrides] (e.g. transformers:BertModel:'{\"num_hidden_layers\":2}'), "
-                   "ultralytics:FILE.yaml (e.g. yolov8n.yaml), package.module:factory or path/to/file.py:factory")
-    e.add_argument("--input", action="append", required=True, metavar="SHAPE[:DTYPE]",
-                   help="an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs")
-    e.add_argument("--batch", default=batch, help="MIN:OPT:MAX batch sizes to serve, or 'none'")
-    e.add_argument("--batch-dims", help="per input, the batch dim or 'none', e.g. 1,1 (default: 0 for every input)")
-    e.add_argument("--dynamic", action="append", default=[], metavar="I:D=MIN:OPT:MAX",
-                   help="another dynamic dim, e.g. 0:1=20:1000:2000 (repeatable; default: none)")
-    e.add_argument("--json", action="store_true", help="machine-readable output")
-    e.add_argument("--seed", type=int, default=0, help="seed for the random weights and example inputs")
-
+    _explain_parser(sub, default)
     sub.add_parser("passes", help="list the registered passes in the order they run")
     return parser
 
 
+def _explain_parser(sub: Any, default: dict[str, Any]) -> None:
+    e = sub.add_parser("explain", help="list what would break a dynamic export, with source lines; emit nothing",
+                       formatter_class=_HelpFormatter)
+    _model_arguments(e, ("SHAPE[:DTYPE]", "an example input, e.g. 1x3x224x224 or 1x16:int64; repeat for several inputs"),
+                     ("I:D=MIN:OPT:MAX", "another dynamic dim, e.g. 0:1=20:1000:2000 (repeatable; default: none)"))
+    e.add_argument("--target", choices=TARGETS, default=default["target"],
+                   help="tensorrt: also emit the ONNX model and check every node against TensorRT 10/11's ONNX "
+                        "parser tables (coverage, unsupported ops and their lines)")
+    e.add_argument("--opset", type=int, default=default["opset"], help="ONNX opset (with --target tensorrt)")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _batch(args: argparse.Namespace) -> tuple[int, int, int] | None:
+    """``--batch`` as given, or compile()'s default when it was not given (which ``--buckets`` then replaces)."""
+    return DEFAULT_BATCH if args.batch is None else parse_batch(args.batch)
+
+
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
     """The model and its example: a tuple, or a dict when the inputs are named (``input_ids=1x16:int64``)."""
-    from fxtrt.frontend.model_spec import load_model, parse_input
+    from fxtrt.zoo import load_model, parse_input
 
     torch.manual_seed(args.seed)
     model = load_model(args.spec)
@@ -178,8 +192,8 @@ def _explain(args: argparse.Namespace) -> int:
     from fxtrt.explain import explain
 
     model, inputs = _load(args)
-    result = explain(model, inputs, batch=parse_batch(args.batch), batch_dims=parse_batch_dims(args.batch_dims),
-                     dynamic=parse_dynamic(args.dynamic))
+    result = explain(model, inputs, batch=_batch(args), batch_dims=parse_batch_dims(args.batch_dims),
+                     dynamic=parse_dynamic(args.dynamic), target=args.target, opset=args.opset)
     print(result.to_json() if args.json else result.to_text())
     return 0
 
@@ -201,12 +215,12 @@ def _compile(args: argparse.Namespace) -> int:
     out = args.out or tempfile.mkdtemp(prefix="fxtrt-")
     try:
         compiled = fxtrt_compile(
-            model, inputs, batch=parse_batch(args.batch), batch_dims=parse_batch_dims(args.batch_dims),
+            model, inputs, batch=_batch(args), batch_dims=parse_batch_dims(args.batch_dims),
             dynamic=parse_dynamic(args.dynamic), out_dir=out, opset=args.opset,
             atol=args.atol, rtol=args.rtol, verify=not args.no_verify,
             debug_dir=args.debug_dir, trace_divergence=args.trace_divergence,
             target=args.target, precision=args.precision, buckets=args.buckets, keep_dynamic=args.keep_dynamic,
-            fp16_atol=args.fp16_atol, fp16_rtol=args.fp16_rtol,
+            fp16_atol=args.fp16_atol, fp16_rtol=args.fp16_rtol, strict=args.strict,
         )
     except BaseException:
         if args.out is None:

@@ -26,13 +26,15 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
+from fxtrt.compare import compare_tensors, onnx_inputs
 from fxtrt.errors import PassError
 from fxtrt.frontend.capture import CapturedGraph
-from fxtrt.frontend.inputs import inputs_at, verification_sizes
 from fxtrt.frontend.source import source_of
 from fxtrt.graph import node_values
-from fxtrt.passes.infra import PassResult, call_text, fmt
+from fxtrt.passes.infra import call_text, fmt
+from fxtrt.passes.manager import PassEvent
 from fxtrt.settings import Settings
+from fxtrt.sizes import inputs_at, verification_sizes
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ def node_table(gm: torch.fx.GraphModule) -> str:
 
 
 class PassDebugger:
-    """A ``run_passes`` observer: dumps each step and checks it against the original model."""
+    """A ``PassManager`` observer that dumps each step, and its ``check_step``, the numeric check the
+    manager runs after each pass, against the original model."""
 
     def __init__(
         self,
@@ -59,13 +62,15 @@ class PassDebugger:
         captured: CapturedGraph,
         settings: Settings,
         check: bool = True,
+        pristine: torch.fx.GraphModule | None = None,
     ) -> None:
         self.dir = debug_dir
         self.model = model
         self.captured = captured
         self.settings = settings
         self.check = check
-        self.pristine = copy.deepcopy(captured.base.gm)
+        # the caller's copy of the graph as captured, when it made one (the passes rewrite in place)
+        self.pristine = pristine if pristine is not None else copy.deepcopy(captured.base.gm)
         self.generalized = not settings.dims
         self.ran: list[str] = []
         self._write_step("00_captured", self.pristine.code, "", [])
@@ -81,14 +86,20 @@ class PassDebugger:
         (step / "diff.patch").write_text("".join(diff))
         (step / "changes.json").write_text(json.dumps(changes, indent=2) + "\n")
 
-    def __call__(self, index: int, name: str, before: str, result: PassResult) -> None:
-        gm = result.gm
-        self._write_step(f"{index + 1:02d}_{name}", gm.code, before, [c.to_dict() for c in result.changes], gm)
-        self.ran.append(name)
-        if name == "generalize_batch":
+    def __call__(self, event: PassEvent) -> None:
+        if event.result is None:
+            return
+        gm = event.result.gm
+        changes = [c.to_dict() for c in event.result.changes]
+        self._write_step(f"{event.index + 1:02d}_{event.name}", gm.code, event.before, changes, gm)
+        self.ran.append(event.name)
+        if event.contract.generalizes:  # declared by the pass: from here on the graph serves every size
             self.generalized = True
-        if self.check:
-            self.check_pass(name, gm)
+
+    def check_step(self, event: PassEvent) -> None:
+        """Torch-TensorRT's ``validate_inference`` for this step (after the dump, so it is on disk)."""
+        if self.check and event.result is not None:
+            self.check_pass(event.name, event.result.gm)
 
     def check_points(self) -> list[dict[str, int]]:
         """The base trace's sizes, plus (once sizes are symbolic) one size no trace used."""
@@ -106,7 +117,7 @@ class PassDebugger:
             inputs = inputs_at(self.captured.example, self.settings.dims, sizes)
             with torch.no_grad():
                 want = pytree.tree_leaves(self.model(*inputs))
-                got = list(gm(*[t.to(torch.float32) if t.dtype == torch.float64 else t for t in inputs]))
+                got = list(gm(*onnx_inputs(inputs)))
             bad = _first_mismatch(want, got, self.settings.atol, self.settings.rtol)
             if bad is None:
                 continue
@@ -123,8 +134,7 @@ class PassDebugger:
         """Compare every node value with the untouched trace at the base sizes (the only sizes the
         untouched trace runs at); the first that differs."""
         sizes = dict(self.captured.base.sizes)
-        inputs = [t.to(torch.float32) if t.dtype == torch.float64 else t
-                  for t in inputs_at(self.captured.example, self.settings.dims, sizes)]
+        inputs = onnx_inputs(inputs_at(self.captured.example, self.settings.dims, sizes))
         ref = node_values(self.pristine, inputs)
         got = node_values(gm, inputs)
         for node in gm.graph.nodes:
@@ -143,12 +153,9 @@ class PassDebugger:
 
 
 def _differs(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
-    if a.dtype != b.dtype and not (a.is_floating_point() and b.is_floating_point()):
-        return not torch.equal(a.to(torch.float64), b.to(torch.float64))
-    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
-    if a64.numel() == 0:
-        return False
-    return bool(((a64 - b64).abs() > atol + rtol * a64.abs()).any())
+    # a changed integer dtype must keep the values exactly; floats meet the one rule
+    exact = a.dtype != b.dtype and not (a.is_floating_point() and b.is_floating_point())
+    return not compare_tensors(a, b, atol, rtol, exact_integers=exact).passed
 
 
 def _first_mismatch(want: Sequence[Any], got: Sequence[Any], atol: float, rtol: float) -> str | None:

@@ -15,6 +15,12 @@ from typing import Any, Sequence
 import torch
 import torch.fx
 
+aten = torch.ops.aten
+# A tensor read as a Python number: the value the graph depends on (passes fold, rewrite or refuse it).
+SCALAR_READS = frozenset({aten._local_scalar_dense.default, aten.item.default})
+# Reshapes of a tensor to a size list: the op sets every pass that rewrites a view reads.
+RESHAPES = frozenset({aten.view.default, aten.reshape.default, aten._unsafe_view.default})
+
 
 def node_values(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every tensor a GraphModule computes on ``inputs``, by node name (for divergence searches)."""

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from fxtrt.backend.verify import VerifyRow, format_rows
 from fxtrt.frontend.capture import TRACE_DIFF, CapturedGraph
@@ -37,12 +37,27 @@ class Report:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     io: dict[str, list[Any]] = field(default_factory=dict)
+    # a bucket set's passes, op counts and I/O per bucket (the top-level fields hold the last bucket's)
+    buckets: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # how each artifact's stages read as text, from the artifact itself (Artifact.stage_text)
+    stage_text: dict[str, Callable[[str, dict], list]] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, artifact: "Artifact") -> None:
-        """What an artifact adds: its ``stages`` entries and its notes."""
+        """What an artifact adds: its ``stages`` entries (and how they read), and its notes."""
         for name, entry in artifact.record().items():
             self.stages.setdefault(name, {}).update(entry)
+            if name in artifact.stage_text:
+                self.stage_text[name] = artifact.stage_text[name]
         self.note(artifact.notes)
+
+    def lowered(self, passes: list[PassRecord], ops: tuple[dict[str, int], dict[str, int]], io: dict[str, list[Any]],
+                bucket: int | None = None) -> None:
+        """What lowering one ONNX model did: its passes, op counts before/after cleanup and I/O, kept
+        per bucket for a bucket set (the top-level fields then hold the last bucket's, as before)."""
+        self.passes, (self.ops_before, self.ops_after), self.io = passes, ops, io
+        if bucket is not None:
+            self.buckets[bucket] = {"passes": passes, "ops_before_cleanup": ops[0], "ops_after_cleanup": ops[1],
+                                    "io": io}
 
     def note(self, notes: Iterable[str]) -> None:
         """Add each note once."""
@@ -80,6 +95,8 @@ class Report:
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "stages": self.stages,
             "artifacts": self.artifacts,
+            **({"buckets": {str(b): {**rec, "passes": [p.to_dict() for p in rec["passes"]]}
+                            for b, rec in self.buckets.items()}} if self.buckets else {}),
         }
 
     def to_json(self) -> str:
@@ -99,6 +116,9 @@ class Report:
         for p in self.passes:
             out.append(f"  {p.name}: {len(p.changes)} change(s) in {p.seconds:.2f}s")
             out += _change_lines(p.changes)
+        for b, rec in self.buckets.items():  # a bucket set: each bucket's own passes and I/O
+            changed = ", ".join(f"{p.name} {len(p.changes)}" for p in rec["passes"] if p.changes) or "no changes"
+            out.append(f"  batch {b}: {changed}; " + ", ".join(f"{k}: {v}" for k, v in rec["io"].items()))
         n_before, n_after = sum(self.ops_before.values()), sum(self.ops_after.values())
         out.append(f"ONNX ops: {n_before} before cleanup, {n_after} after")
         out.append("  " + ", ".join(f"{k}={v}" for k, v in self.ops_after.items()))
@@ -106,7 +126,7 @@ class Report:
             out.append("verification:")
             out += ["  " + line for line in format_rows(self.verification).splitlines()]
         for name, stage in self.stages.items():
-            out += _STAGE_TEXT.get(name, _generic_stage)(name, stage)
+            out += (self.stage_text.get(name) or _STAGE_TEXT.get(name) or _kind_text(name))(name, stage)
         out.append("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         for k, v in self.artifacts.items():
             out.append(f"{k}: {v}")
@@ -115,7 +135,7 @@ class Report:
 
 def capture_stage(captured: CapturedGraph, passes: list[PassRecord]) -> dict[str, Any]:
     """Per dim, how it was captured; for a baked dim, the nodes (and lines) trace diffing rewrote."""
-    rewritten = [c for p in passes if p.name == "generalize_batch" for c in p.changes]
+    rewritten = [c for p in passes if p.generalizes for c in p.changes]  # the pass that declares it
     dims = {}
     for name, dc in captured.dims.items():
         rec = dc.to_dict()
@@ -153,66 +173,6 @@ def _generic_stage(name: str, stage: dict[str, Any]) -> list[str]:
     return [f"{name}: " + ", ".join(f"{k}={v}" for k, v in stage.items())]
 
 
-def _buckets_text(name: str, stage: dict[str, Any]) -> list[str]:
-    how = "chosen automatically" if stage.get("automatic") else "as asked"
-    out = [f"{name}: one static-batch model per batch size {stage.get('buckets')} ({how})"]
-    out.append(f"  why: {stage.get('why')}")
-    if stage.get("source"):
-        out.append(f"  at: {stage['source']}")
-    if stage.get("models"):
-        out.append("  models: " + ", ".join(stage["models"].values()))
-    if stage.get("serving"):
-        out.append(f"  serving: {stage['serving']}")
-    return out
-
-
-def _fp16_text(name: str, stage: dict[str, Any]) -> list[str]:
-    kept = stage.get("kept_fp32", [])
-    rounds = stage.get("rounds", [])
-    state = ("passed" if stage.get("passed") else "FAILED") if stage.get("repaired", True) else "not repaired or verified"
-    out = [f"{name}: {state} at atol={stage.get('atol'):g}, rtol={stage.get('rtol'):g} in {len(rounds)} round(s); "
-           f"{', '.join(stage.get('models', []))}; {len(kept)} node(s) kept in fp32:"]
-    for k in kept:
-        bucket = f"b{k['bucket']} " if "bucket" in k else ""
-        where = f" [{k['source']}]" if k.get("source") else ""
-        out.append(f"  {bucket}{k['name']} ({k['op_type']}){where} {k['rule']}, round {k['round']}: {k['reason']}")
-    for r in rounds:
-        bucket = f"b{r['bucket']} " if "bucket" in r else ""
-        worst = max(r.get("ort_outputs") or r.get("outputs") or [{}], key=lambda o: o.get("max_abs", 0.0))
-        figures = f"max_abs {worst.get('max_abs', 0.0):.3g}" + (f", {worst['nonfinite']} inf/nan" if worst.get("nonfinite") else "")
-        then = (f"; diverges first at {', '.join(r['first_divergence'])}, keeps {', '.join(r['added']) or 'nothing new'}"
-                if not r.get("passed") else "")
-        out.append(f"  {bucket}round {r['round']}: {r['fp32_nodes']} fp32 node(s), {figures}, "
-                   f"{'ok' if r.get('passed') else 'fails'}{then}")
-    return out
-
-
-def _engines_text(name: str, stage: dict[str, Any]) -> list[str]:
-    plan = stage.get("plan", {})
-    engines = plan.get("engines", [])
-    if stage.get("status") == "built":
-        out = [f"{name}: built {len(engines)} TensorRT engine(s) ({stage.get('reason')})"]
-    else:
-        out = [f"{name}: skipped, {len(engines)} engine(s) planned and none built: {stage.get('reason')}"]
-    kind = plan.get("kind")
-    split = ", ".join(f"{d} discretised to {v}" for d, v in plan.get("split", {}).items())
-    if kind == "split":
-        out.append(f"  plan: {plan.get('keep_dynamic')} dynamic, {split}")
-    elif kind == "buckets":
-        out.append(f"  plan: one static-batch engine per bucket ({split})")
-    else:
-        out.append(f"  plan: one engine, {plan.get('keep_dynamic') or 'static shapes'}"
-                   + (" dynamic" if plan.get("keep_dynamic") else ""))
-    width = max((len(e["engine"]) for e in engines), default=0)
-    for e in engines:
-        out.append(f"  {e['engine']:<{width}}  {e['description']}  (from {e['onnx']})")
-    if stage.get("status") == "built":
-        out.append(f"  {stage.get('script')}: rebuilds them")
-    else:
-        out.append(f"  {stage.get('script')}: builds and checks them on a machine with TensorRT 10/11 and a GPU")
-    return out
-
-
 def _capture_text(name: str, stage: dict[str, Any]) -> list[str]:
     out = [f"{name}: {stage.get('traces', 1)} torch.export trace(s)"
            + ("; emitted as captured, with no second torch.export" if stage.get("one_capture") else "")]
@@ -245,5 +205,21 @@ def _serving_text(name: str, stage: dict[str, Any]) -> list[str]:
             f"{', '.join(stage.get('outputs', []))}"]
 
 
-_STAGE_TEXT = {"capture": _capture_text, "buckets": _buckets_text, "fp16": _fp16_text, "engines": _engines_text,
-               "serving": _serving_text}
+_STAGE_TEXT = {"capture": _capture_text, "serving": _serving_text}  # the stages of no artifact
+
+
+def _kind_text(name: str) -> Callable[[str, dict], list]:
+    """How the artifact kind that writes stage ``name`` words it, for a report whose artifacts
+    were not added in this process (one ``fxtrt.load`` read back); else ``key=value``."""
+    from fxtrt.artifacts.base import Artifact
+
+    kinds, seen = list(Artifact.__subclasses__()), set()
+    while kinds:
+        kind = kinds.pop()
+        if kind in seen:
+            continue
+        seen.add(kind)
+        if name in kind.stage_text:
+            return kind.stage_text[name]
+        kinds += kind.__subclasses__()
+    return _generic_stage

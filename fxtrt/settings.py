@@ -19,8 +19,14 @@ from fxtrt.errors import ConfigError
 TARGETS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 BATCH_NAME = "batch"
-# compile()'s default batch range; with ``buckets`` any other ``batch`` is an error (see _check_buckets).
-DEFAULT_BATCH = (1, 8, 32)
+
+
+class _DefaultBatch(tuple):
+    """compile()'s default batch range, told apart (``is``) from the same sizes passed explicitly:
+    with ``buckets``, a ``batch`` the caller passed would be ignored, so it is an error."""
+
+
+DEFAULT_BATCH: tuple[int, int, int] = _DefaultBatch((1, 8, 32))  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Settings:
     keep_dynamic: str = BATCH_NAME
     fp16_atol: float = 1e-2
     fp16_rtol: float = 1e-2
+    strict: bool = False  # target="tensorrt": a node TensorRT's ONNX parser would not take is an EngineError
     external_data_threshold: int = 2 * 1024**3 - 64 * 1024**2
 
     @property
@@ -91,6 +98,7 @@ class Settings:
             "trace_divergence": self.trace_divergence,
             "buckets": list(self.buckets) if self.buckets is not None else None,
             "keep_dynamic": self.keep_dynamic, "fp16_atol": self.fp16_atol, "fp16_rtol": self.fp16_rtol,
+            "strict": self.strict,
         }
 
 
@@ -195,67 +203,76 @@ def make_dims(
     names = tuple(input_names) if input_names is not None else tuple(f"input_{i}" for i in range(len(inputs)))
     dims: list[DynamicDim] = []
     if batch is not None:
-        lo, opt, hi = _range("batch", batch)
-        if batch_dims is None:
-            batch_dims = (0,) * len(inputs)
-        if isinstance(batch_dims, int) and not isinstance(batch_dims, bool):
-            batch_dims = (batch_dims,) * len(inputs)
-        if not isinstance(batch_dims, (tuple, list)) or len(batch_dims) != len(inputs):
-            raise ConfigError(
-                f"batch_dims must give one entry (int or None) per input: {len(inputs)} expected, got {batch_dims!r}"
-            )
-        sites = []
-        for i, d in enumerate(batch_dims):
-            if d is None:
-                continue
-            if not isinstance(d, int) or isinstance(d, bool):
-                raise ConfigError(f"batch_dims[{i}] must be an int or None, got {d!r}")
-            _check_dim("batch_dims", inputs, i, d if d >= 0 else d + inputs[i].dim())
-            sites.append((i, d % inputs[i].dim()))
-        if not sites:
-            raise ConfigError("batch_dims marks no input as carrying the batch",
-                              hint="give at least one input a batch dim, or pass batch=None for a static model")
-        sizes = {int(inputs[i].shape[d]) for i, d in sites}
-        if len(sizes) != 1:
-            raise ConfigError(f"the inputs disagree on the example batch size: {sorted(sizes)} at batch_dims {batch_dims!r}")
-        dims.append(DynamicDim("batch", lo, opt, hi, tuple(sites), sizes.pop()))
+        dims.append(_batch_dim(inputs, batch, batch_dims))
     elif batch_dims is not None:
         raise ConfigError("batch_dims was given but batch=None (static model)",
                           hint="pass batch=(min, opt, max) to make the batch dynamic")
-
     if dynamic:
-        if not isinstance(dynamic, Mapping):
-            raise ConfigError(f"dynamic must be a mapping {{input: {{dim: (min, opt, max)}}}}, got {dynamic!r}")
-        taken = {s for d in dims for s in d.sites}
-        groups: dict[Any, dict[str, Any]] = {}
-        for i, per_dim in sorted(dynamic.items()):
-            if not isinstance(i, int) or not isinstance(per_dim, Mapping):
-                raise ConfigError(f"dynamic must map an input index to {{dim: (min, opt, max)}}, got {i!r}: {per_dim!r}")
-            for d, spec in sorted(per_dim.items()):
-                _check_dim("dynamic", inputs, i, d)
-                if (i, d) in taken:
-                    raise ConfigError(f"dynamic: input {i} dim {d} is already the batch dim")
-                name, rng, step = _dynamic_spec(f"dynamic[{i}][{d}]", spec)
-                size = int(inputs[i].shape[d])
-                # Dims are independent unless they share a name (torch.onnx's convention: separate
-                # Dims are independent); capture merges dims torch.export proves equal.
-                key = name or (i, d)
-                g = groups.setdefault(key, {"name": name, "range": rng, "step": step, "sites": [], "size": size})
-                if g["range"] != rng or g["step"] != step or g["size"] != size:
-                    raise ConfigError(f"dynamic dim {name!r} is given different ranges, steps or example sizes: "
-                                      f"{g['range']} step {g['step']} size {g['size']} at input {g['sites'][0][0]} "
-                                      f"dim {g['sites'][0][1]}, {rng} step {step} size {size} at input {i} dim {d}",
-                                      hint="one name is one size: give the dims the same range, or different names")
-                g["sites"].append((i, d))
-        used = {"batch"}
-        for g in groups.values():
-            name = g["name"] or default_dim_name(names, *g["sites"][0])
-            if name in used:
-                raise ConfigError(f"dynamic dim name {name!r} is used twice")
-            used.add(name)
-            lo, opt, hi = g["range"]
-            dims.append(DynamicDim(name, lo, opt, hi, tuple(g["sites"]), g["size"], g["step"]))
+        dims.extend(_declared_dims(inputs, dynamic, {s for d in dims for s in d.sites}, names))
     return tuple(dims)
+
+
+def _batch_dim(inputs: Sequence[torch.Tensor], batch: Any, batch_dims: Any) -> DynamicDim:
+    """The batch: one size at every input site ``batch_dims`` marks (dim 0 of each by default)."""
+    lo, opt, hi = _range("batch", batch)
+    if batch_dims is None:
+        batch_dims = (0,) * len(inputs)
+    if isinstance(batch_dims, int) and not isinstance(batch_dims, bool):
+        batch_dims = (batch_dims,) * len(inputs)
+    if not isinstance(batch_dims, (tuple, list)) or len(batch_dims) != len(inputs):
+        raise ConfigError(
+            f"batch_dims must give one entry (int or None) per input: {len(inputs)} expected, got {batch_dims!r}"
+        )
+    sites = []
+    for i, d in enumerate(batch_dims):
+        if d is None:
+            continue
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise ConfigError(f"batch_dims[{i}] must be an int or None, got {d!r}")
+        _check_dim("batch_dims", inputs, i, d if d >= 0 else d + inputs[i].dim())
+        sites.append((i, d % inputs[i].dim()))
+    if not sites:
+        raise ConfigError("batch_dims marks no input as carrying the batch",
+                          hint="give at least one input a batch dim, or pass batch=None for a static model")
+    sizes = {int(inputs[i].shape[d]) for i, d in sites}
+    if len(sizes) != 1:
+        raise ConfigError(f"the inputs disagree on the example batch size: {sorted(sizes)} at batch_dims {batch_dims!r}")
+    return DynamicDim("batch", lo, opt, hi, tuple(sites), sizes.pop())
+
+
+def _declared_dims(inputs: Sequence[torch.Tensor], dynamic: Any, taken: set[tuple[int, int]],
+                   names: Sequence[str]) -> list[DynamicDim]:
+    """The dims of ``dynamic``: sites that share a name are one dim, every other site its own."""
+    if not isinstance(dynamic, Mapping):
+        raise ConfigError(f"dynamic must be a mapping {{input: {{dim: (min, opt, max)}}}}, got {dynamic!r}")
+    groups: dict[Any, dict[str, Any]] = {}
+    for i, per_dim in sorted(dynamic.items()):
+        if not isinstance(i, int) or not isinstance(per_dim, Mapping):
+            raise ConfigError(f"dynamic must map an input index to {{dim: (min, opt, max)}}, got {i!r}: {per_dim!r}")
+        for d, spec in sorted(per_dim.items()):
+            _check_dim("dynamic", inputs, i, d)
+            if (i, d) in taken:
+                raise ConfigError(f"dynamic: input {i} dim {d} is already the batch dim")
+            name, rng, step = _dynamic_spec(f"dynamic[{i}][{d}]", spec)
+            size = int(inputs[i].shape[d])
+            # Dims are independent unless they share a name (torch.onnx's convention: separate
+            # Dims are independent); capture merges dims torch.export proves equal.
+            g = groups.setdefault(name or (i, d), {"name": name, "range": rng, "step": step, "sites": [], "size": size})
+            if g["range"] != rng or g["step"] != step or g["size"] != size:
+                raise ConfigError(f"dynamic dim {name!r} is given different ranges, steps or example sizes: "
+                                  f"{g['range']} step {g['step']} size {g['size']} at input {g['sites'][0][0]} "
+                                  f"dim {g['sites'][0][1]}, {rng} step {step} size {size} at input {i} dim {d}",
+                                  hint="one name is one size: give the dims the same range, or different names")
+            g["sites"].append((i, d))
+    used, dims = {"batch"}, []
+    for g in groups.values():
+        name = g["name"] or default_dim_name(names, *g["sites"][0])
+        if name in used:
+            raise ConfigError(f"dynamic dim name {name!r} is used twice")
+        used.add(name)
+        lo, opt, hi = g["range"]
+        dims.append(DynamicDim(name, lo, opt, hi, tuple(g["sites"]), g["size"], g["step"]))
+    return dims
 
 
 def merge_dims(dims: Sequence[DynamicDim], a: str, b: str, input_names: Sequence[str]) -> tuple[DynamicDim, ...]:
@@ -298,33 +315,15 @@ def check_out_dir(out_dir: Any, arg: str = "out_dir") -> Path | None:
 
 
 def make_settings(
-    model: Any,
-    inputs: tuple[torch.Tensor, ...],
-    *,
-    batch: Any,
-    batch_dims: Any,
-    dynamic: Any,
-    out_dir: Any,
-    opset: Any,
-    target: Any,
-    precision: Any,
-    passes: Any,
-    verify: Any,
-    atol: Any,
-    rtol: Any,
-    debug_dir: Any = None,
-    trace_divergence: Any = False,
-    buckets: Any = None,
-    keep_dynamic: Any = BATCH_NAME,
-    fp16_atol: Any = 1e-2,
-    fp16_rtol: Any = 1e-2,
-    targets: Sequence[str] = TARGETS,
-    precisions: Sequence[str] = PRECISIONS,
-    input_names: Sequence[str] | None = None,
+    model: Any, inputs: tuple[torch.Tensor, ...], *, batch: Any, batch_dims: Any, dynamic: Any, out_dir: Any,
+    opset: Any, target: Any, precision: Any, passes: Any, verify: Any, atol: Any, rtol: Any,
+    debug_dir: Any = None, trace_divergence: Any = Settings.trace_divergence, buckets: Any = None,
+    keep_dynamic: Any = Settings.keep_dynamic, fp16_atol: Any = Settings.fp16_atol,
+    fp16_rtol: Any = Settings.fp16_rtol, strict: Any = Settings.strict,
+    targets: Sequence[str] = TARGETS, precisions: Sequence[str] = PRECISIONS, input_names: Sequence[str] | None = None,
 ) -> Settings:
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}",
-                          hint="wrap a function in an nn.Module whose forward calls it")
+    """compile()'s arguments checked and frozen (``model`` is an ``nn.Module``: :func:`fxtrt.frontend.bind.bind`
+    checked it)."""
     if not isinstance(opset, int) or isinstance(opset, bool) or not 11 <= opset <= 23:
         raise ConfigError(f"opset must be an int in 11..23, got {opset!r}", hint="17 is the recommended default")
     if target not in targets:
@@ -341,6 +340,8 @@ def make_settings(
             if not (isinstance(p, str) or callable(p)):
                 raise ConfigError(f"passes: {p!r} is neither a registered pass name nor a callable")
         passes = tuple(passes)
+    if not isinstance(strict, bool):
+        raise ConfigError(f"strict must be True or False, got {strict!r}")
     buckets = _check_buckets(buckets, batch)
     if buckets is not None:
         batch = (buckets[0], buckets[len(buckets) // 2], buckets[-1])
@@ -355,13 +356,14 @@ def make_settings(
         out_dir=check_out_dir(out_dir),
         debug_dir=check_out_dir(debug_dir, "debug_dir"), trace_divergence=bool(trace_divergence),
         buckets=buckets, keep_dynamic=keep_dynamic, fp16_atol=float(fp16_atol), fp16_rtol=float(fp16_rtol),
+        strict=strict,
     )
 
 
 def _check_buckets(buckets: Any, batch: Any) -> tuple[int, ...] | None:
     """``buckets``: sorted, unique, positive ints. They replace ``batch``: the batch range becomes
-    min(buckets)..max(buckets), and a ``batch`` other than the default (1, 8, 32) or None is an
-    error, since it would be ignored."""
+    min(buckets)..max(buckets), and a ``batch`` the caller passed (other than None), even (1, 8, 32),
+    is an error, since it would be ignored."""
     if buckets is None:
         return None
     if (isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence) or not buckets
@@ -372,7 +374,7 @@ def _check_buckets(buckets: Any, batch: Any) -> tuple[int, ...] | None:
     if list(buckets) != sorted(set(buckets)):
         raise ConfigError(f"buckets must be sorted and unique, got {tuple(buckets)}",
                           hint=f"e.g. buckets={tuple(sorted(set(buckets)))}")
-    if batch is not None and (not isinstance(batch, (tuple, list)) or tuple(batch) != DEFAULT_BATCH):
+    if batch is not None and batch is not DEFAULT_BATCH:
         raise ConfigError(
             f"pass either batch or buckets, not both: buckets={tuple(buckets)} serve batches of any size, "
             f"so batch={batch!r} would be ignored",

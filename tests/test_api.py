@@ -240,11 +240,11 @@ def test_verification_failure_raises_and_leaves_nothing(tmp_path):
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, kwargs, message):
-    args = dict(model=torch.nn.Linear(3, 2), example_inputs=torch.randn(1, 3))
+    args = dict(model=torch.nn.Linear(3, 2), example_inputs=torch.randn(1, 3), out_dir=tmp_path / "out")
     args.update(kwargs)
     with pytest.raises(fxtrt.ConfigError, match=message):
         fxtrt.compile(args.pop("model"), args.pop("example_inputs"), **args)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [], "a refused compile leaves nothing in out_dir's parent"
 
 
 def test_onnx_export_helper(tmp_path):
@@ -254,3 +254,21 @@ def test_onnx_export_helper(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
     graph = onnx.load(str(path)).graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_same_bytes_for_a_model_with_subgraphs_whatever_ran_before_in_the_process(tmp_path):
+    """torch numbers every GraphModule it compiles in the process (``<eval_with_key>.N``), and
+    that number reached the stack traces of If-branch nodes: compiling anything in between made
+    the bytes differ."""
+    from tests.backend.test_higher_order import CondOnValue
+
+    def model():
+        torch.manual_seed(0)
+        return CondOnValue().eval()
+
+    x = torch.randn(2, 4)
+    a = fxtrt.compile(model(), x, batch=(1, 2, 4), out_dir=tmp_path / "a", verify=False)
+    fxtrt.compile(sm.SizeView().eval(), torch.randn(1, 3, 16, 16), batch=(1, 2, 4), out_dir=tmp_path / "c",
+                  verify=False)
+    b = fxtrt.compile(model(), x, batch=(1, 2, 4), out_dir=tmp_path / "b", verify=False)
+    assert a.onnx_path.read_bytes() == b.onnx_path.read_bytes()

@@ -121,12 +121,40 @@ def test_value_dependent_sizes_never_fall_back(tmp_path):
         (dict(buckets=(1, True)), "buckets must be a non-empty sequence of ints"),
         (dict(buckets="1,4"), "buckets must be a non-empty sequence of ints"),
         (dict(buckets=(1, 4), batch=(1, 4, 64)), "pass either batch or buckets"),
+        # compile()'s default sizes passed explicitly are still a batch the buckets would ignore
+        (dict(buckets=(1, 4), batch=(1, 8, 32)), "pass either batch or buckets"),
     ],
 )
 def test_bad_buckets_are_a_config_error_naming_the_argument(tmp_path, kwargs, message):
     with pytest.raises(fxtrt.ConfigError, match=message):
         fxtrt.compile(torch.nn.Linear(3, 2), torch.randn(1, 3), out_dir=tmp_path / "out", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_refuses_an_explicit_batch_with_buckets(tmp_path, capsys):
+    """``--batch 1:8:32 --buckets ...`` is a batch the buckets would ignore; left out, it is not."""
+    from fxtrt.cli import main
+
+    assert main(["compile", "torchvision:resnet18", "--input", "1x3x32x32", "--batch", "1:8:32", "--buckets", "1,2",
+                 "--out", str(tmp_path / "out"), "--no-verify"]) == 2
+    assert "pass either batch or buckets" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bucket_set_report_keeps_every_bucket_passes_and_io(loop):
+    """Each bucket is lowered on its own: the report keeps each one's passes, op counts and I/O,
+    not only the last bucket's (the top-level fields stay the last bucket's, as before)."""
+    _, compiled = loop
+    report = compiled.report
+    assert sorted(report.buckets) == [1, 4, 8, 16]
+    for b, rec in report.buckets.items():
+        assert rec["io"] == {"x": [b, 8], "output": [b, 8]} or rec["io"]["x"] == [b, 8]
+        assert [p.name for p in rec["passes"]] == [p.name for p in report.passes] and rec["ops_after_cleanup"]
+    assert report.io == report.buckets[16]["io"] and report.passes is report.buckets[16]["passes"]
+    written = json.loads((compiled.onnx_path.parent / "report.json").read_text())
+    assert sorted(written["buckets"], key=int) == ["1", "4", "8", "16"]
+    assert written["buckets"]["4"]["io"]["x"] == [4, 8] and written["buckets"]["4"]["passes"][0]["name"]
+    assert "batch 4:" in report.to_text()
 
 
 def test_buckets_with_batch_none_and_batch_dims(tmp_path):

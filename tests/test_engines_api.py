@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import fxtrt
-from fxtrt.artifacts.engine_set import plan_for
-from fxtrt.backend.tensorrt import default_split_values, parse_build_script, polygraphy_loaders, tensorrt_status
+from fxtrt.stages.engines import plan_for
+from fxtrt.backend.tensorrt import default_split_values, engine_loaders, parse_build_script, tensorrt_status
 from tests import seed_models as sm
 
 TRT_OK, TRT_WHY = tensorrt_status()
@@ -111,8 +111,8 @@ def test_polygraphy_loaders_carry_the_reported_profiles(two_dims, tmp_path):
     plan = plan_for(two_dims.settings, two_dims.onnx_path)
     reported = two_dims.report.stages["engines"]["plan"]
     assert [e.engine_name for e in plan.engines] == [e["engine"] for e in reported["engines"]]
-    for (spec, loader), engine in zip(polygraphy_loaders(plan, tmp_path / "timing.cache"), reported["engines"]):
-        network, config = loader._network, loader._config
+    for composed, engine in zip(engine_loaders(plan, tmp_path / "timing.cache"), reported["engines"]):
+        network, config = composed.network, composed.config
         assert isinstance(network, NetworkFromOnnxPath) and network.strongly_typed is True
         assert isinstance(config, CreateConfig) and config.fp16 is False  # precision comes from the ONNX types
         (profile,) = config.profiles

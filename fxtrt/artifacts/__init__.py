@@ -1,8 +1,11 @@
-"""What compile produces, behind one interface (:class:`Artifact`).
+"""What compile produces: records behind one protocol, declared in ``base.py`` (:class:`Artifact`).
 
-Every kind has its files, a Polygraphy runner that takes feeds at any size it supports,
-``serves(sizes)`` and ``describe(sizes)``; :func:`fxtrt.backend.verify.verify` checks any of them
-against the original model, and :class:`fxtrt.CompiledModel` serves through the same runner.
+Every kind has its files, a Polygraphy runner that takes feeds at any size it supports, the
+points it is verified at and its tolerance, the dims it claims, ``serves(sizes)`` and
+``describe(sizes)``, its ``report.artifacts`` entries and ``report.stages`` record (with their
+text); :func:`fxtrt.backend.verify.verify` checks any of them against the original model, and
+:class:`fxtrt.CompiledModel` serves through the same runner. How each kind is *made* is its
+stage (:mod:`fxtrt.stages`), which compile walks as a list.
 
 - :class:`OnnxModel`: one ONNX model, dynamic or static, on ONNX Runtime (``onnx_model.py``);
 - :class:`BucketSet`: one static-batch model per bucket, served as one model of any batch

@@ -1,8 +1,17 @@
-"""The one interface every output of compile has: files, a runner, the sizes it serves.
+"""The one protocol every output of compile implements, and the stage that makes each kind.
 
 An ONNX model, a bucket set, an fp16 model and a set of TensorRT engines all answer the same
-questions, so one verification stage (:func:`fxtrt.backend.verify.verify`) checks every kind
-and :class:`fxtrt.CompiledModel` serves through the same runner verification drove.
+questions, so one verification stage (:func:`fxtrt.backend.verify.verify`) checks every kind,
+:class:`fxtrt.CompiledModel` serves through the same runner verification drove, the report
+takes each kind's entries and text from the kind, and ``report.artifacts`` its files.
+
+What a kind declares (:class:`Artifact`): ``files`` / ``primary``, ``runner()``, the ``points``
+it is verified at and the ``tolerance`` it must pass, ``claimed()`` (the dims it serves),
+``serves`` / ``describe``, ``moved_to``, ``index()`` (its ``report.artifacts`` entries),
+``record()`` / ``stage_text`` (its ``report.stages`` entries and their text), ``name``, and for
+ONNX kinds ``members()`` / ``with_members()`` (what fp16 and the engine planner work on).
+How compile makes a kind after the ONNX model is an :class:`ArtifactStage` in
+:data:`fxtrt.stages.STAGES`.
 
 Example::
 
@@ -17,8 +26,9 @@ from __future__ import annotations
 import abc
 import functools
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,24 +37,31 @@ from polygraphy.datatype import DataType
 from polygraphy.logger import G_LOGGER
 
 from fxtrt.artifacts.claims import DimClaim
-from fxtrt.backend.verify import Tolerance, VerifyRow, format_rows, raise_on_failure, runtime_error
+from fxtrt.backend.verify import ReferenceRunner, VerifyRow, format_rows, raise_on_failure, runtime_error
+from fxtrt.compare import Tolerance
 from fxtrt.errors import FxtrtError, RunError, VerificationError
+from fxtrt.settings import Settings
+
+StageText = Callable[[str, dict], list]  # (stage name, its report.stages entry) -> text lines
 
 
 class Artifact(abc.ABC):
     """What compile produced: its files, and a runner that takes feeds at any size it serves.
 
     ``points`` are the sizes compile verifies it at and ``tolerance`` the check it must pass;
-    ``notes`` go into the report. A new kind implements :attr:`files`, :meth:`runner`,
-    :meth:`serves` and :meth:`moved_to`; the rest has defaults.
+    ``notes`` go into the report; ``name`` names its runner in verification rows. A new kind
+    implements :attr:`files`, :meth:`runner`, :meth:`serves` and :meth:`moved_to`; the rest has
+    defaults.
     """
 
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     points: tuple[dict[str, int], ...]
     tolerance: Tolerance
+    name: str = "artifact"
     notes: tuple[str, ...] = ()
     holes: tuple[Any, ...] = ()  # facts torch assumed that fail at some claimed sizes (frontend.guards.Hole)
+    stage_text: ClassVar[Mapping[str, StageText]] = {}  # text for the report.stages entries record() writes
 
     @property
     @abc.abstractmethod
@@ -77,9 +94,19 @@ class Artifact(abc.ABC):
         """The ONNX models inside, by bucket (None: the one model), for fp16 and engine planning."""
         return {}
 
+    def with_members(self, paths: Mapping[int | None, Path], *, name: str, tolerance: Tolerance) -> "Artifact":
+        """The same artifact over other ONNX files, one per :meth:`members` key, with the same inputs
+        and outputs (its fp16 twin); a kind without ONNX members has none."""
+        raise NotImplementedError(f"{type(self).__name__} has no ONNX members to replace")
+
     def parts(self) -> Sequence["Artifact"]:
         """What verification checks with one Comparator each (an engine set: every engine)."""
         return (self,)
+
+    @property
+    def verifiable(self) -> bool:
+        """Whether verification can run it here (planned TensorRT engines need TensorRT and a GPU)."""
+        return True
 
     def verify_runners(self) -> list[BaseRunner]:
         """The runners verification compares with the reference: the serving runner, by default."""
@@ -108,7 +135,7 @@ class Artifact(abc.ABC):
         raise_on_failure(rows, self.tolerance.atol, self.tolerance.rtol, divergence)
 
     def index(self) -> dict[str, Path]:
-        """Its files under their ``report.artifacts`` keys."""
+        """Its files (external weight files included) under their ``report.artifacts`` keys."""
         return {}
 
     def claimed(self) -> tuple["DimClaim", ...]:
@@ -153,8 +180,34 @@ def _numpy_dtype(dtype: Any, default: np.dtype) -> np.dtype:
         return default
 
 
-def in_ranges(sizes: Mapping[str, int], dims: Sequence[Any], fixed: Mapping[str, int] = {}) -> bool:
+def in_ranges(sizes: Mapping[str, int], dims: Sequence[Any], fixed: Mapping[str, int] | None = None) -> bool:
     """Whether ``sizes`` lie in the dims' ranges and match the ``fixed`` sizes (names not given pass)."""
-    if any(k in sizes and sizes[k] != v for k, v in fixed.items()):
+    if any(k in sizes and sizes[k] != v for k, v in (fixed or {}).items()):
         return False
     return all(d.min <= sizes[d.name] <= d.max for d in dims if d.name in sizes)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a stage makes its artifact from: the verified artifact compile serves so far (the ONNX
+    model or bucket set, or its fp16 twin), the compile's one PyTorch reference (None with
+    ``verify=False``), the staging directory its files go to, and the settings."""
+
+    served: Artifact
+    reference: ReferenceRunner | None
+    directory: Path
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class ArtifactStage:
+    """One entry of compile's stage list (:data:`fxtrt.stages.STAGES`): after the ONNX model is
+    lowered and verified, each stage whose ``wanted(settings)`` holds makes its artifact from the
+    :class:`Source`; compile adds it to the report, verifies it at its points (when it is
+    :attr:`Artifact.verifiable`) and lists its files. With ``replaces`` the new artifact is what
+    compile serves from then on (fp16); otherwise it is made beside it (engines)."""
+
+    name: str  # its progress line and report.timings key
+    make: Callable[[Source], Artifact]
+    wanted: Callable[[Settings], bool] = lambda settings: True
+    replaces: bool = False

@@ -34,29 +34,21 @@ from polygraphy.common import TensorMetadata
 
 from fxtrt.artifacts.claims import DimClaim
 from fxtrt.artifacts.base import Artifact, in_ranges
-from fxtrt.artifacts.onnx_model import OnnxModel
-from fxtrt.backend.buckets import (
-    BatchSizeRead,
-    bucket_points,
-    bucket_verification_sizes,
-    input_metadata,
-    output_batch_axes,
-    static_output_shapes,
-)
-from fxtrt.backend.verify import Tolerance, VerifyRow, format_rows
+from fxtrt.artifacts.onnx_model import OnnxModel, onnx_entries
+from fxtrt.backend.buckets import BatchSizeRead, output_batch_axes, static_output_shapes
+from fxtrt.backend.graph_inputs import input_metadata
+from fxtrt.backend.onnxruntime import open_session, run_session
+from fxtrt.backend.verify import VerifyRow, format_rows
+from fxtrt.compare import Tolerance
 from fxtrt.errors import ConfigError, VerificationError
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.settings import BATCH_NAME, DynamicDim, Settings
+from fxtrt.sizes import bucket_points, bucket_verification_sizes
 
 log = logging.getLogger(__name__)
 
 SERVING = ("one call, padded to the smallest bucket that holds the batch by repeating the last sample; "
            "above the largest bucket, chunks of it; outputs sliced back and concatenated")
-
-ORT_TYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-}
 
 
 
@@ -110,9 +102,7 @@ class BucketServer:
 
     def session(self, bucket: int) -> Any:
         if bucket not in self._sessions:
-            import onnxruntime as ort
-
-            self._sessions[bucket] = ort.InferenceSession(str(self.paths[bucket]), providers=["CPUExecutionProvider"])
+            self._sessions[bucket] = open_session(self.paths[bucket])
         return self._sessions[bucket]
 
     def batch_size(self, arrays: Sequence[np.ndarray]) -> int:
@@ -172,11 +162,7 @@ class BucketServer:
         )
 
     def _run_one(self, bucket: int, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        session = self.session(bucket)
-        feeds = {}
-        for meta, arr in zip(session.get_inputs(), arrays):
-            feeds[meta.name] = np.ascontiguousarray(arr.astype(ORT_TYPES.get(meta.type, arr.dtype), copy=False))
-        return session.run(None, feeds)
+        return list(run_session(self.session(bucket), arrays).values())
 
     def describe(self, n: int) -> str:
         """``13->16`` (13 samples padded to 16) or ``16+16+5->8`` past the largest bucket: how ``n`` is served."""
@@ -361,7 +347,10 @@ class BucketSet(Artifact):
         return moved
 
     def index(self) -> dict[str, Path]:
-        return {"onnx": self.primary, **{f"onnx_b{b}": p for b, p in self.server.paths.items()}}
+        out = onnx_entries("onnx", self.primary)
+        for b, p in self.server.paths.items():
+            out.update(onnx_entries(f"onnx_b{b}", p))
+        return out
 
     def claimed(self) -> tuple[DimClaim, ...]:
         """The batch from 1 (a call is padded to the smallest bucket that holds it) to the largest
@@ -383,5 +372,21 @@ class BucketSet(Artifact):
                                  "rows": [r.to_dict() for r in self.chunk_rows]}
         return {"buckets": entry}
 
+    stage_text = {"buckets": lambda name, stage: buckets_text(name, stage)}
+
     def __repr__(self) -> str:
         return f"BucketSet({list(self.buckets)}: {self.primary.parent})"
+
+
+def buckets_text(name: str, stage: dict[str, Any]) -> list[str]:
+    """The report's text for ``stages["buckets"]``: the buckets, why, where, the models, the serving."""
+    how = "chosen automatically" if stage.get("automatic") else "as asked"
+    out = [f"{name}: one static-batch model per batch size {stage.get('buckets')} ({how})"]
+    out.append(f"  why: {stage.get('why')}")
+    if stage.get("source"):
+        out.append(f"  at: {stage['source']}")
+    if stage.get("models"):
+        out.append("  models: " + ", ".join(stage["models"].values()))
+    if stage.get("serving"):
+        out.append(f"  serving: {stage['serving']}")
+    return out

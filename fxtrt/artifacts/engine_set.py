@@ -1,6 +1,7 @@
-"""TensorRT engines for an ONNX artifact: always planned, built only where TensorRT can.
+"""TensorRT engines for an ONNX artifact, always planned, built only where TensorRT can: the record.
 
-After the ONNX artifact (fp32 or fp16) is verified on ONNX Runtime:
+The engines stage (:mod:`fxtrt.stages.engines`) makes it, after the ONNX artifact (fp32 or
+fp16) is verified on ONNX Runtime:
 
 1. plan the engines (:func:`fxtrt.backend.tensorrt.plan_engines`: one engine, or with more than
    one dynamic dim one engine per value of the dims not kept dynamic; for a bucket set
@@ -16,43 +17,27 @@ the plan lists the engines *to build*, and ``report.artifacts`` lists only files
 
 Example::
 
-    engines = EngineSet.build(onnx_artifact, Path("out"), settings)
+    engines = fxtrt.stages.engines.build(onnx_artifact, Path("out"), settings)
     engines.built, engines.record()["engines"]["plan"]["kind"]   # False, "single" (no GPU here)
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-import onnx
 from polygraphy.backend.base import BaseRunner
-from polygraphy.common import TensorMetadata
 
 from fxtrt.artifacts.base import Artifact
-from fxtrt.backend.buckets import bucket_points
-from fxtrt.backend.tensorrt import (
-    BUILD_SCRIPT_NAME,
-    EnginePlan,
-    EngineSpec,
-    TensorSpec,
-    build_engines,
-    plan_buckets,
-    plan_engines,
-    tensorrt_status,
-    trt_runner,
-    write_build_script,
-)
-from fxtrt.backend.verify import Tolerance, VerifyRow, format_rows, ort_meta
-from fxtrt.errors import ConfigError, EngineError, VerificationError
-from fxtrt.settings import BATCH_NAME, Settings
-
-log = logging.getLogger(__name__)
+from fxtrt.backend.tensorrt import BUILD_SCRIPT_NAME, EnginePlan, EngineSpec, trt_runner
+from fxtrt.backend.graph_inputs import input_metadata
+from fxtrt.backend.onnxruntime import SessionLoader, onnxrt_runner
+from fxtrt.backend.tensorrt.readiness import readiness_lines
+from fxtrt.backend.tensorrt.runner import EngineSetRunner
+from fxtrt.backend.verify import VerifyRow, format_rows
+from fxtrt.compare import Tolerance
+from fxtrt.errors import EngineError, VerificationError
 
 GPU_HINT = f"copy the output directory to a machine with TensorRT 10/11 and a GPU and run {BUILD_SCRIPT_NAME}"
 
@@ -66,6 +51,7 @@ class EngineStage:
     status: str  # "built" or "skipped"
     reason: str
     built: list[Path] = field(default_factory=list)
+    readiness: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, root: Path) -> dict[str, Any]:
         plan = self.plan.to_dict()
@@ -77,6 +63,8 @@ class EngineStage:
             out["engines"] = [_relative(p, root) for p in self.built]
         else:
             out["hint"] = GPU_HINT
+        if self.readiness:
+            out["readiness"] = self.readiness
         return out
 
 
@@ -85,63 +73,6 @@ def _relative(path: Path, root: Path) -> str:
         return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
     except ValueError:
         return str(path)
-
-
-def tensor_specs(onnx_path: Path, batch_sites: Sequence[tuple[int, int]] = ()) -> list[TensorSpec]:
-    """The model's inputs as the engine planner sees them: static dims as ints, dynamic dims by
-    name. ``batch_sites`` (input index, axis) names a static model's batch axes "batch", so one
-    description serves every bucket."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for i, vi in enumerate(v for v in model.graph.input if v.name not in inits):
-        tt = vi.type.tensor_type
-        dims: list[int | str] = []
-        for d in tt.shape.dim:
-            if d.HasField("dim_param"):
-                dims.append(d.dim_param)
-            elif d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            else:
-                raise ConfigError(f"input {vi.name!r} of {onnx_path.name} has a dim with neither a size nor a name",
-                                  hint="TensorRT profiles need every dynamic dim named")
-        for j, axis in batch_sites:
-            if j == i:
-                dims[axis] = BATCH_NAME
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
-        specs.append(TensorSpec(vi.name, tuple(dims), dtype))
-    return specs
-
-
-def plan_for(settings: Settings, onnx: Path | Mapping[int, Path]) -> EnginePlan:
-    """The engine plan for the dynamic model, or for a bucket set (bucket -> static model)."""
-    if isinstance(onnx, Mapping):
-        batch = settings.batch
-        sites = batch.sites if batch is not None else ()
-        largest = onnx[max(onnx)]
-        ranges = {d.name: (d.min, d.opt, d.max) for d in settings.dims if not d.is_batch}
-        return plan_buckets(dict(onnx), tensor_specs(largest, sites), ranges)
-    ranges = {d.name: (d.min, d.opt, d.max) for d in settings.dims}
-    return plan_engines(onnx, tensor_specs(onnx), ranges, keep_dynamic=settings.keep_dynamic)
-
-
-def run_engine_stage(
-    out_dir: Path,
-    settings: Settings,
-    onnx: Path | Mapping[int, Path],
-    *,
-    atol: float,
-    rtol: float,
-) -> EngineStage:
-    """Plan, write ``build_engines.sh``, and build the engines if TensorRT and a GPU are here."""
-    plan = plan_for(settings, onnx)
-    script = write_build_script(plan, out_dir, atol=atol, rtol=rtol)
-    ok, why = tensorrt_status()
-    if not ok:
-        log.warning("TensorRT engines not built: %s; %s", why, GPU_HINT)
-        return EngineStage(plan, script, "skipped", why)
-    built = build_engines(plan, out_dir)
-    return EngineStage(plan, script, "built", why, built)
 
 
 def raise_engine_mismatch(rows: Sequence[VerifyRow], atol: float, rtol: float) -> None:
@@ -154,53 +85,6 @@ def raise_engine_mismatch(rows: Sequence[VerifyRow], atol: float, rtol: float) -
             rows=list(rows), node=bad[0].note.split(":")[0] or None,
             hint=f"rebuild that engine with the polygraphy command in {BUILD_SCRIPT_NAME} and --verbose to see why",
         )
-
-
-def engine_for_shapes(engines: Sequence[EngineSpec], shapes: Mapping[str, Sequence[int]]) -> int | None:
-    """Index of the first engine whose optimization profile holds every input shape, or None."""
-    for i, spec in enumerate(engines):
-        if all(p.name in shapes and len(shapes[p.name]) == len(p.min)
-               and all(lo <= s <= hi for lo, s, hi in zip(p.min, shapes[p.name], p.max)) for p in spec.inputs):
-            return i
-    return None
-
-
-class EngineSetRunner(BaseRunner):
-    """Runs each feed on the first built engine whose profile holds its shapes, as a serving
-    process with several engines does (TensorRT itself picks none). Needs TensorRT and a GPU."""
-
-    def __init__(self, engines: Sequence[tuple[EngineSpec, Path]], meta: TensorMetadata, name: str = "tensorrt") -> None:
-        super().__init__(name=name, prefix="engine-set-runner")
-        self.engines = list(engines)
-        self._meta = meta
-        self._active: dict[int, BaseRunner] = {}
-
-    def activate_impl(self) -> None:
-        self._active = {}
-
-    def deactivate_impl(self) -> None:
-        for runner in self._active.values():
-            runner.deactivate()
-        self._active = {}
-
-    def get_input_metadata_impl(self) -> TensorMetadata:
-        return self._meta
-
-    def infer_impl(self, feed_dict):
-        shapes = {n: tuple(np.shape(a)) for n, a in feed_dict.items()}
-        i = engine_for_shapes([s for s, _ in self.engines], shapes)
-        if i is None:
-            raise ConfigError(f"no built engine runs inputs of shapes {shapes}; engines: "
-                              + "; ".join(f"{s.engine_name} ({s.description})" for s, _ in self.engines),
-                              hint="pad the input up to a planned size")
-        if i not in self._active:
-            spec, path = self.engines[i]
-            self._active[i] = trt_runner(path, name=spec.engine_name)
-            self._active[i].activate()
-        start = time.perf_counter()
-        out = OrderedDict(self._active[i].infer(feed_dict))
-        self.inference_time = time.perf_counter() - start
-        return out
 
 
 class Engine(Artifact):
@@ -221,11 +105,7 @@ class Engine(Artifact):
         return trt_runner(self.path, name="tensorrt")
 
     def verify_runners(self) -> list[BaseRunner]:
-        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-        ort = OnnxrtRunner(SessionFromOnnx(str(self.spec.onnx_path), providers=["CPUExecutionProvider"]),
-                           name="onnxruntime")
-        return [ort, self.runner()]
+        return [onnxrt_runner(SessionLoader(self.spec.onnx_path), name="onnxruntime"), self.runner()]
 
     def serves(self, sizes: Mapping[str, int]) -> bool:
         return self.spec.accepts(sizes)
@@ -255,24 +135,6 @@ class EngineSet(Artifact):
             f"TensorRT engines were planned but not built ({stage.reason}); "
             f"{BUILD_SCRIPT_NAME} builds them on a machine with TensorRT 10/11 and a GPU",)
 
-    @classmethod
-    def build(cls, source: Artifact, directory: Path, settings: Settings) -> "EngineSet":
-        """Plan engines for every ONNX model of ``source``, write the script, build if possible.
-
-        A dynamic model is checked at its own points; a bucket set at every bucket, with the other
-        dims' extremes at the smallest and largest (each engine takes the points it accepts).
-        """
-        members = source.members()
-        if None in members:
-            onnx_paths: Path | dict[int, Path] = members[None].primary
-            points = source.points
-        else:
-            onnx_paths = {b: m.primary for b, m in members.items() if b is not None}
-            points = tuple(bucket_points(sorted(onnx_paths), [d for d in settings.dims if not d.is_batch]))
-        tolerance = Tolerance(source.tolerance.atol, source.tolerance.rtol)
-        stage = run_engine_stage(directory, settings, onnx_paths, atol=tolerance.atol, rtol=tolerance.rtol)
-        return cls(stage, source, points, tolerance, directory)
-
     @property
     def built(self) -> bool:
         return self.stage.status == "built"
@@ -288,9 +150,7 @@ class EngineSet(Artifact):
     def runner(self) -> BaseRunner:
         if not self.built:
             raise EngineError(f"the TensorRT engines were planned but not built: {self.stage.reason}", hint=GPU_HINT)
-        meta = TensorMetadata()
-        for name, m in ort_meta(self.stage.plan.engines[0].onnx_path).items():
-            meta.add(name, dtype=m.dtype, shape=[None] * len(m.shape))
+        meta = input_metadata(self.stage.plan.engines[0].onnx_path, all_dynamic=True)
         return EngineSetRunner(list(zip(self.stage.plan.engines, self.stage.built)), meta)
 
     def serves(self, sizes: Mapping[str, int]) -> bool:
@@ -310,7 +170,7 @@ class EngineSet(Artifact):
         plan = dataclasses.replace(self.stage.plan, engines=tuple(
             dataclasses.replace(e, onnx_path=d / e.onnx_path.name) for e in self.stage.plan.engines))
         stage = EngineStage(plan, d / self.stage.script.name, self.stage.status, self.stage.reason,
-                            [d / p.name for p in self.stage.built])
+                            [d / p.name for p in self.stage.built], self.stage.readiness)
         return EngineSet(stage, self.source.moved_to(d), self.points, self.tolerance, d)
 
     def index(self) -> dict[str, Path]:
@@ -319,5 +179,40 @@ class EngineSet(Artifact):
     def record(self) -> dict[str, dict[str, Any]]:
         return {"engines": self.stage.to_dict(self.root)}
 
+    @property
+    def verifiable(self) -> bool:
+        return self.built
+
+    stage_text = {"engines": lambda name, stage: engines_text(name, stage)}
+
     def __repr__(self) -> str:
         return f"EngineSet({[e.engine_name for e in self.stage.plan.engines]}, {self.stage.status})"
+
+
+def engines_text(name: str, stage: dict[str, Any]) -> list[str]:
+    """The report's text for ``stages["engines"]``: built or skipped, the plan, the script, readiness."""
+    plan = stage.get("plan", {})
+    engines = plan.get("engines", [])
+    if stage.get("status") == "built":
+        out = [f"{name}: built {len(engines)} TensorRT engine(s) ({stage.get('reason')})"]
+    else:
+        out = [f"{name}: skipped, {len(engines)} engine(s) planned and none built: {stage.get('reason')}"]
+    split = ", ".join(f"{d} discretised to {v}" for d, v in plan.get("split", {}).items())
+    if plan.get("kind") == "split":
+        out.append(f"  plan: {plan.get('keep_dynamic')} dynamic, {split}")
+    elif plan.get("kind") == "buckets":
+        out.append(f"  plan: one static-batch engine per bucket ({split})")
+    else:
+        out.append(f"  plan: one engine, {plan.get('keep_dynamic') or 'static shapes'}"
+                   + (" dynamic" if plan.get("keep_dynamic") else ""))
+    width = max((len(e["engine"]) for e in engines), default=0)
+    for e in engines:
+        out.append(f"  {e['engine']:<{width}}  {e['description']}  (from {e['onnx']})")
+    if stage.get("status") == "built":
+        out.append(f"  {stage.get('script')}: rebuilds them")
+    else:
+        out.append(f"  {stage.get('script')}: builds and checks them on a machine with TensorRT 10/11 and a GPU")
+    if stage.get("readiness"):
+        out.append("  ONNX parser readiness (operator tables, checked without TensorRT):")
+        out += ["  " + line for line in readiness_lines(stage["readiness"])]
+    return out

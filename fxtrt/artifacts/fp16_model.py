@@ -1,6 +1,6 @@
-"""The fp16 twin of an ONNX artifact, repaired against the fp32 PyTorch model.
+"""The fp16 twin of an ONNX artifact, repaired against the fp32 PyTorch model: the record.
 
-Each ONNX model of the verified fp32 artifact (the model, or every bucket's) goes through
+How it is made is the fp16 stage (:mod:`fxtrt.stages.fp16`): each ONNX model of the verified fp32 artifact (the model, or every bucket's) goes through
 :func:`fxtrt.backend.fp16.repair_fp16` with the feeds it is verified at and the PyTorch model's
 own float32 outputs as the reference (from the compile's one :class:`ReferenceRunner`), at the
 fp16 tolerances (``fp16_atol`` / ``fp16_rtol``, 1e-2 by default). Every node that stays float32
@@ -9,34 +9,26 @@ torch.onnx writes and cleanup keeps), and the round that kept it.
 
 Example (what compile() does)::
 
-    half = Fp16Model.convert(fp32_model, reference, Path("out"), settings)
+    half = fxtrt.stages.fp16.convert(fp32_model, reference, Path("out"), settings)
     half.record()["fp16"]["kept_fp32"][0]
     # {'name': 'node_mul_1', 'op_type': 'Mul', 'rule': 'diverged', 'round': 1,
     #  'source': 'model.py:12', 'reason': "produces 'mul_1', whose values reach 9.1e+05, ..."}
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-import onnx
 from polygraphy.backend.base import BaseRunner
 
 from fxtrt.artifacts.base import Artifact
-from fxtrt.artifacts.bucket_set import BucketSet
 from fxtrt.artifacts.claims import DimClaim
-from fxtrt.artifacts.onnx_model import OnnxModel, onnx_file
-from fxtrt.backend.cleanup import save_onnx
-from fxtrt.backend.fp16 import DEFAULT_FP32_OPS, Fp16Result, KeptNode, convert_to_fp16, repair_fp16
-from fxtrt.backend.verify import ReferenceRunner, Tolerance, VerifyRow, format_rows
+from fxtrt.artifacts.onnx_model import onnx_entries
+from fxtrt.backend.fp16 import Fp16Result
+from fxtrt.backend.verify import VerifyRow, format_rows
+from fxtrt.compare import Tolerance
 from fxtrt.errors import PrecisionError
-from fxtrt.frontend.source import onnx_node_source
-from fxtrt.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,110 +68,21 @@ class Fp16Stage:
         }
 
 
-def node_sources(model: onnx.ModelProto) -> dict[str, str | None]:
-    """ONNX node name (as backend/fp16 names it: the name, or ``<Op #i>``) -> the user's file:line."""
-    return {(n.name or f"<{n.op_type} #{i}>"): onnx_node_source(n) for i, n in enumerate(model.graph.node)}
-
-
-def make_fp16(
-    fp32_path: Path,
-    dest: Path,
-    feeds: Sequence[Mapping[str, np.ndarray]],
-    references: Sequence[Mapping[str, np.ndarray]] | None,
-    *,
-    atol: float,
-    rtol: float,
-    threshold: int,
-    stage: Fp16Stage | None = None,
-    key: int | None = None,
-) -> Fp16Stage:
-    """Write the fp16 version of ``fp32_path`` to ``dest``.
-
-    With ``references`` (the PyTorch outputs at ``feeds``) the conversion is repaired until it
-    matches them, or PrecisionError names the first diverging node and its source line. Without
-    (verify=False) the default conversion is written unchecked.
-    """
-    stage = stage if stage is not None else Fp16Stage()
-    model = onnx.load(str(fp32_path))
-    sources = node_sources(model)
-    if references is None:
-        result = _unchecked(model, convert_to_fp16(model), atol, rtol)
-        stage.repaired = False
-    else:
-        try:
-            result = repair_fp16(model, feeds, references, atol=atol, rtol=rtol)
-        except PrecisionError as exc:
-            raise _with_source(exc, model, sources) from exc
-    save_onnx(result.model, dest, threshold)
-    stage.results[key] = result
-    stage.sources[key] = sources
-    stage.paths[key] = dest
-    for k in result.kept:
-        if k.rule == "diverged":
-            log.info("fp16: %s (%s) kept in fp32 [%s]: %s", k.name, k.op_type, sources.get(k.name) or "?", k.reason)
-    return stage
-
-
-def _unchecked(model: onnx.ModelProto, half: onnx.ModelProto, atol: float, rtol: float) -> Fp16Result:
-    names = next((p.value for p in half.metadata_props if p.key == "fxtrt.fp32_nodes"), "")
-    by_name = {(n.name or f"<{n.op_type} #{i}>"): n for i, n in enumerate(model.graph.node)}
-    kept = tuple(
-        KeptNode(n, by_name[n].op_type, tuple(v for v in by_name[n].output if v),
-                 "kept by the conversion rules (not repaired: verify=False)", 0,
-                 "op_type" if by_name[n].op_type in DEFAULT_FP32_OPS else "rules")
-        for n in names.split(",") if n in by_name
-    )
-    return Fp16Result(half, kept, (), False, atol, rtol)
-
-
-def _with_source(exc: PrecisionError, model: onnx.ModelProto, sources: Mapping[str, str | None]) -> PrecisionError:
-    """The repair names the first diverging *value*; add its producer and the user's line."""
-    producer = next((n for i, n in enumerate(model.graph.node) if exc.node in n.output), None) if exc.node else None
-    name = (producer.name or producer.op_type) if producer is not None else exc.node
-    source = onnx_node_source(producer) if producer is not None else None
-    err = PrecisionError(exc.message, rows=exc.rows, node=name, source=source or exc.source, hint=exc.hint)
-    err.result = getattr(exc, "result", None)  # type: ignore[attr-defined]
-    return err
-
-
 class Fp16Model(Artifact):
     """An fp16 ONNX artifact (one model, or a bucket set of fp16 models), the fp32 artifact it was
     made from, and the repair record. It serves and is verified exactly as ``half`` is."""
 
-    def __init__(self, half: OnnxModel | BucketSet, fp32: OnnxModel | BucketSet, record: Fp16Stage,
+    def __init__(self, half: Artifact, fp32: Artifact, record: Fp16Stage,
                  tolerance: Tolerance, notes: Sequence[str] = ()) -> None:
         self.half = half
         self.fp32 = fp32
+        self.name = half.name
         self.repair = record
         self.tolerance = tolerance
         self.notes = tuple(notes)
         self.input_names = half.input_names
         self.output_names = half.output_names
         self.points = half.points
-
-    @staticmethod
-    def tolerance_for(settings: Settings) -> Tolerance:
-        """The fp16 tolerances, named in every fp16 verification row."""
-        atol, rtol = settings.fp16_atol, settings.fp16_rtol
-        return Tolerance(atol, rtol, f"fp16 (atol={atol:g}, rtol={rtol:g})", roundoff=False)
-
-    @classmethod
-    def convert(cls, fp32: OnnxModel | BucketSet, reference: ReferenceRunner | None, directory: Path,
-                settings: Settings) -> "Fp16Model":
-        """Every ONNX model of ``fp32`` to fp16 in ``directory``, repaired against ``reference`` at the
-        points that model is verified at; without a reference (verify=False) converted unchecked."""
-        tolerance = cls.tolerance_for(settings)
-        record = Fp16Stage()
-        dests: dict[int | None, Path] = {}
-        for key, member in fp32.members().items():
-            dests[key] = Path(directory) / onnx_file(key, "fp16")
-            feeds = reference.feeds(member.points) if reference is not None else []
-            refs = reference.outputs(feeds) if reference is not None else None
-            make_fp16(member.primary, dests[key], [f for _, f in feeds], refs, atol=tolerance.atol,
-                      rtol=tolerance.rtol, threshold=settings.external_data_threshold, stage=record, key=key)
-        half = fp32.with_members(dests, name=f"{fp32.name}-fp16", tolerance=tolerance)
-        notes = () if reference is not None else ("the fp16 model was neither repaired nor verified (verify=False)",)
-        return cls(half, fp32, record, tolerance, notes)
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -219,12 +122,37 @@ class Fp16Model(Artifact):
             )
 
     def index(self) -> dict[str, Path]:
-        fp32 = {("onnx_fp32" if key is None else f"onnx_fp32_b{key}"): m.primary
-                for key, m in self.fp32.members().items()}
-        return {**self.half.index(), **fp32}
+        out = self.half.index()
+        for key, m in self.fp32.members().items():
+            out.update(onnx_entries("onnx_fp32" if key is None else f"onnx_fp32_b{key}", m.primary))
+        return out
 
     def record(self) -> dict[str, dict[str, Any]]:
         return {"fp16": self.repair.to_dict()}
 
+    stage_text = {"fp16": lambda name, stage: fp16_text(name, stage)}
+
     def __repr__(self) -> str:
         return f"Fp16Model({self.half!r})"
+
+
+def fp16_text(name: str, stage: dict[str, Any]) -> list[str]:
+    """The report's text for ``stages["fp16"]``: the verdict, each node kept in fp32 and each round."""
+    kept = stage.get("kept_fp32", [])
+    rounds = stage.get("rounds", [])
+    state = ("passed" if stage.get("passed") else "FAILED") if stage.get("repaired", True) else "not repaired or verified"
+    out = [f"{name}: {state} at atol={stage.get('atol'):g}, rtol={stage.get('rtol'):g} in {len(rounds)} round(s); "
+           f"{', '.join(stage.get('models', []))}; {len(kept)} node(s) kept in fp32:"]
+    for k in kept:
+        bucket = f"b{k['bucket']} " if "bucket" in k else ""
+        where = f" [{k['source']}]" if k.get("source") else ""
+        out.append(f"  {bucket}{k['name']} ({k['op_type']}){where} {k['rule']}, round {k['round']}: {k['reason']}")
+    for r in rounds:
+        bucket = f"b{r['bucket']} " if "bucket" in r else ""
+        worst = max(r.get("ort_outputs") or r.get("outputs") or [{}], key=lambda o: o.get("max_abs", 0.0))
+        figures = f"max_abs {worst.get('max_abs', 0.0):.3g}" + (f", {worst['nonfinite']} inf/nan" if worst.get("nonfinite") else "")
+        then = (f"; diverges first at {', '.join(r['first_divergence'])}, keeps {', '.join(r['added']) or 'nothing new'}"
+                if not r.get("passed") else "")
+        out.append(f"  {bucket}round {r['round']}: {r['fp32_nodes']} fp32 node(s), {figures}, "
+                   f"{'ok' if r.get('passed') else 'fails'}{then}")
+    return out

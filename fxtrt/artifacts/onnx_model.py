@@ -1,6 +1,6 @@
 """One ONNX model, dynamic in its dims or static, run by ONNX Runtime on the CPU.
 
-Serving and verification open the same session (Polygraphy's ``SessionFromOnnx``), once.
+Serving and verification open the same session (:mod:`fxtrt.backend.onnxruntime`), once.
 
 Example::
 
@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from polygraphy.backend.base import BaseRunner
-from polygraphy.logger import G_LOGGER
 
 from fxtrt.artifacts.base import Artifact, in_ranges
 from fxtrt.artifacts.claims import DimClaim
-from fxtrt.backend.verify import Tolerance, verification_points
+from fxtrt.backend.onnxruntime import onnxrt_runner, open_session
+from fxtrt.compare import Tolerance
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.settings import DynamicDim, Settings
+from fxtrt.sizes import verification_points
 
 MODEL_FILE = "model.onnx"
 FP16_FILE = "model_fp16.onnx"
@@ -29,6 +30,16 @@ FP16_FILE = "model_fp16.onnx"
 def bucket_file(batch: int, precision: str = "fp32") -> str:
     """``model_b4.onnx``, or ``model_fp16_b4.onnx`` (its engine: ``model_fp16_b4.engine``)."""
     return f"model_fp16_b{batch}.onnx" if precision == "fp16" else f"model_b{batch}.onnx"
+
+
+def onnx_entries(key: str, path: Path) -> dict[str, Path]:
+    """``report.artifacts`` entries of one ONNX file: ``key`` -> the file, and its external weight
+    file where it has one (``external_data`` for model.onnx, ``external_data:<file>`` for others)."""
+    out = {key: path}
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        out["external_data" if path.name == MODEL_FILE else f"external_data:{path.name}"] = data
+    return out
 
 
 def onnx_file(bucket: int | None, precision: str = "fp32") -> str:
@@ -83,16 +94,11 @@ class OnnxModel(Artifact):
     def session(self) -> Any:
         """The ONNX Runtime session, opened on first use and shared by every runner."""
         if self._session is None:
-            from polygraphy.backend.onnxrt import SessionFromOnnx
-
-            with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-                self._session = SessionFromOnnx(str(self.path), providers=["CPUExecutionProvider"])()
+            self._session = open_session(self.path)
         return self._session
 
     def runner(self) -> BaseRunner:
-        from polygraphy.backend.onnxrt import OnnxrtRunner
-
-        return OnnxrtRunner(self.session, name=self.name)
+        return onnxrt_runner(self.session, name=self.name)
 
     def serves(self, sizes: Mapping[str, int]) -> bool:
         return in_ranges(sizes, self.dims, self.fixed)
@@ -111,7 +117,7 @@ class OnnxModel(Artifact):
                          holes=self.holes)
 
     def index(self) -> dict[str, Path]:
-        return {"onnx": self.path}
+        return onnx_entries("onnx", self.path)
 
     def claimed(self) -> tuple[DimClaim, ...]:
         """Its dims; a size ``fixed`` (a bucket's batch) is no dim it serves but a static size."""

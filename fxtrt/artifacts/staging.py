@@ -25,7 +25,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from fxtrt.artifacts.onnx_model import MODEL_FILE
 from fxtrt.termination import sigterm_raises
 
 if TYPE_CHECKING:
@@ -68,17 +67,16 @@ class ArtifactDir:
         return self._target() / name
 
     def index(self, *artifacts: "Artifact | None") -> dict[str, str]:
-        """``report.artifacts``: the final paths of the first artifact's files, the report, the
-        external weight files, then the other artifacts' files (only files that exist)."""
+        """``report.artifacts``: the final paths of the first artifact's files, the report, then the
+        other artifacts' files, each under the keys the artifact gives them (only files that exist)."""
         present = [a for a in artifacts if a is not None]
-        out = {k: str(self.final_path(p.name)) for k, p in present[0].index().items()} if present else {}
-        out["report"] = str(self.final_path(REPORT_FILE))
-        if (self.path / (MODEL_FILE + ".data")).exists():
-            out["external_data"] = str(self.final_path(MODEL_FILE + ".data"))
-        for name in sorted(p.name for p in self.path.glob("*.onnx.data") if p.name != MODEL_FILE + ".data"):
-            out[f"external_data:{name[:-5]}"] = str(self.final_path(name))
-        for artifact in present[1:]:
+        out: dict[str, str] = {}
+        for i, artifact in enumerate(present):
             out.update({k: str(self.final_path(p.name)) for k, p in artifact.index().items()})
+            if i == 0:
+                out["report"] = str(self.final_path(REPORT_FILE))
+        if not present:
+            out["report"] = str(self.final_path(REPORT_FILE))
         return out
 
     def _target(self) -> Path:

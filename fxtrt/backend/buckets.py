@@ -10,22 +10,23 @@ one static ONNX model per bucket size. How a batch is served through them is
 Example::
 
     default_buckets(1, 8, 32)                     # (1, 4, 8, 16, 32)
-    bucket_verification_sizes((1, 4, 8, 16))      # [1, 3, 4, 7, 8, 13, 16, 17]
+
+The sizes a bucket set is checked at (``bucket_verification_sizes``, ``bucket_points``) are in
+:mod:`fxtrt.sizes` with the other verification points.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import onnx
 import torch
 import torch.utils._pytree as pytree
-from polygraphy.common import TensorMetadata
 
 from fxtrt.errors import StructureError
-from fxtrt.frontend.inputs import resize_dim
+from fxtrt.compare import compare_tensors
 from fxtrt.settings import DynamicDim
+from fxtrt.sizes import powers_of_two, resize_dim
 
 
 def default_buckets(lo: int, opt: int, hi: int) -> tuple[int, ...]:
@@ -36,13 +37,7 @@ def default_buckets(lo: int, opt: int, hi: int) -> tuple[int, ...]:
     (2, 4, 6, 8, 16, 20): a request pads at most to the next bucket, and there are about
     ``log2(max)`` models to build.
     """
-    sizes = {lo, opt, hi}
-    p = 4
-    while p < hi:
-        if p > lo:
-            sizes.add(p)
-        p *= 2
-    return tuple(sorted(sizes))
+    return tuple(sorted({lo, opt, hi, *powers_of_two(lo, hi, start=4)}))
 
 
 def fallback(batch: DynamicDim, exc: StructureError) -> tuple[tuple[int, ...], dict[str, Any], str]:
@@ -58,46 +53,6 @@ def fallback(batch: DynamicDim, exc: StructureError) -> tuple[tuple[int, ...], d
     note = (f"the graph's structure depends on the batch size, so fxtrt compiled a static-batch model per "
             f"bucket {list(buckets)} instead of one dynamic model (see stages.buckets)")
     return buckets, stage, note
-
-
-def _between(a: int, b: int) -> int | None:
-    """The odd size nearest the middle of (a, b), the larger one on a tie; None if there is none."""
-    odd = [s for s in range(a + 1, b) if s % 2 == 1]
-    if not odd:
-        inner = list(range(a + 1, b))
-        return inner[len(inner) // 2] if inner else None
-    mid = (a + b) / 2
-    return min(odd, key=lambda s: (abs(s - mid), -s))
-
-
-def bucket_verification_sizes(buckets: Sequence[int]) -> list[int]:
-    """Batch sizes a bucket set is checked at: every bucket, one size between each pair of
-    neighbours (3, 7, 13 for (1, 4, 8, 16)), 1 when the smallest bucket is larger (padding),
-    and the largest + 1 (chunking past the largest bucket)."""
-    sizes = set(buckets)
-    for a, b in zip(buckets, buckets[1:]):
-        s = _between(a, b)
-        if s is not None:
-            sizes.add(s)
-    sizes.add(1)
-    sizes.add(buckets[-1] + 1)
-    return sorted(sizes)
-
-
-def bucket_points(batch_sizes: Sequence[int], others: Sequence[DynamicDim]) -> list[dict[str, int]]:
-    """Verification points: each batch size with the other dims at opt, then the corners of the
-    other dims' extremes at the smallest and largest batch size."""
-    opt = {d.name: d.opt for d in others}
-    points = [{"batch": b, **opt} for b in batch_sizes]
-    for d in others:
-        for s in sorted({d.min, d.max}):
-            for b in sorted({batch_sizes[0], batch_sizes[-1]}):
-                points.append({"batch": b, **opt, d.name: s})
-    unique: list[dict[str, int]] = []
-    for p in points:
-        if p not in unique:
-            unique.append(p)
-    return unique
 
 
 def output_batch_axes(shapes: Mapping[int, Sequence[Sequence[int | str]]]) -> tuple[int | None, ...]:
@@ -137,23 +92,6 @@ def static_output_shapes(model: onnx.ModelProto) -> list[list[int | str]]:
         out.append([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                     for d in vi.type.tensor_type.shape.dim])
     return out
-
-
-def input_metadata(onnx_path: Path, dynamic_sites: Sequence[tuple[int, int]] = ()) -> TensorMetadata:
-    """Polygraphy input metadata for ``onnx_path``, with the (input, axis) sites in
-    ``dynamic_sites`` (a static model's batch axes) marked dynamic."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    meta = TensorMetadata()
-    inputs = [vi for vi in model.graph.input if vi.name not in inits]
-    for i, vi in enumerate(inputs):
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        shape: list[Any] = [d.dim_param or d.dim_value or None for d in vi.type.tensor_type.shape.dim]
-        for j, axis in dynamic_sites:
-            if j == i:
-                shape[axis] = None
-        meta.add(vi.name, dtype=dtype, shape=shape)
-    return meta
 
 
 @dataclass(frozen=True)
@@ -208,6 +146,6 @@ def batch_size_read(model: torch.nn.Module, example: Sequence[torch.Tensor], bat
             if any(x != y for k, (x, y) in enumerate(zip(a.shape, b.shape)) if k != axis):
                 return BatchSizeRead((n0, n))
             a0, b0 = (a, b) if axis is None else (a.narrow(axis, 0, 1), b.narrow(axis, 0, 1))
-            if not torch.allclose(a0.double(), b0.double(), atol=atol, rtol=rtol):
+            if not compare_tensors(b0, a0, atol, rtol).passed:
                 return BatchSizeRead((n0, n))
     return None

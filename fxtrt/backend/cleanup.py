@@ -1,7 +1,7 @@
 """Clean the emitted ONNX: shape inference, GraphSurgeon folding, then onnxsim.
 
 Symbolic dims must survive: onnxsim is run without fixed input shapes, and
-:func:`check_dynamic_dims` checks the dims afterwards.
+:func:`fxtrt.backend.dynamic_dims.check_dynamic_dims` verifies the dims afterwards.
 """
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ import collections
 import contextlib
 import io
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import onnx
 import onnx.shape_inference
-import torch
 
 from fxtrt.backend.emit import dim_names
-from fxtrt.errors import EmitError
-from fxtrt.frontend.capture import CapturedGraph, dynamic_axes
+from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +67,23 @@ def _restore_provenance(model: onnx.ModelProto, provenance: dict[str, list]) -> 
     for node in model.graph.node:
         if node.name in provenance and not node.metadata_props:
             node.metadata_props.extend(provenance[node.name])
+    _stable_provenance(model.graph)
+
+
+# torch numbers the code of every GraphModule it compiles in the process ("<eval_with_key>.126"),
+# and that counter reaches the stack traces of subgraph nodes: without the number, one model and
+# one set of options give the same bytes whatever ran before them in the process.
+_EVAL_KEY = re.compile(r"<eval_with_key>\.\d+")
+
+
+def _stable_provenance(graph: onnx.GraphProto) -> None:
+    for node in graph.node:
+        for prop in node.metadata_props:
+            if "<eval_with_key>" in prop.value:
+                prop.value = _EVAL_KEY.sub("<eval_with_key>", prop.value)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _stable_provenance(sub)
 
 
 def _byte_size(model: onnx.ModelProto) -> int:
@@ -107,7 +122,7 @@ def restore_dim_names(model: onnx.ModelProto, captured: CapturedGraph, settings:
     """Give an input dim that shape inference or onnxsim renamed (``unk__0``) its name back,
     everywhere that name appears. The dim stayed symbolic; only its name was lost, and
     verification then checks that it serves every claimed size. A dim that became static is left
-    for :func:`check_dynamic_dims` to refuse."""
+    for :func:`fxtrt.backend.dynamic_dims.check_dynamic_dims` to refuse."""
     shapes = dim_names(model)
     renames: dict[str, str] = {}
     for d in settings.dims:
@@ -124,33 +139,3 @@ def restore_dim_names(model: onnx.ModelProto, captured: CapturedGraph, settings:
                 dim.dim_param = renames[dim.dim_param]
     return [f"cleanup renamed dim '{new}' to '{old}'; it was given its name back (verification checks it)"
             for old, new in sorted(renames.items())]
-
-
-def check_dynamic_dims(model: onnx.ModelProto, captured: CapturedGraph, settings: Settings) -> None:
-    """Every output dim that follows a dynamic dim in the capture must be symbolic in the ONNX model,
-    and every input dim must carry its dynamic dim's name."""
-    shapes = dim_names(model)
-    outs = [n for n in captured.base.gm.graph.nodes if n.op == "output"][0].args[0]
-    traces = [[n for n in c.gm.graph.nodes if n.op == "output"][0].args[0] for c in captured.captures + captured.checks]
-    for k, name in enumerate(captured.output_names):
-        seen = [_shape_of(t[k]) for t in traces]
-        if not settings.dims or any(s is None for s in seen) or name not in shapes:
-            continue
-        onnx_shape = shapes[name]
-        for d in dynamic_axes(seen):
-            if d < len(onnx_shape) and isinstance(onnx_shape[d], int) and onnx_shape[d] > 0:
-                raise EmitError(
-                    f"output {name!r} dim {d} changes with the input size but is static ({onnx_shape[d]}) in the ONNX model",
-                    node=outs[k].name if k < len(outs) else None,
-                    hint="a size was baked in during emission; please report this with the model",
-                )
-    for d in settings.dims:
-        for i, axis in d.sites:
-            got = shapes[captured.input_names[i]][axis]
-            if got != d.name:
-                raise EmitError(f"input {captured.input_names[i]!r} dim {axis} should be '{d.name}', is {got!r}")
-
-
-def _shape_of(node: Any) -> tuple[Any, ...] | None:
-    v = node.meta.get("val") if hasattr(node, "meta") else None
-    return tuple(v.shape) if isinstance(v, torch.Tensor) else None

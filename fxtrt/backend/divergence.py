@@ -19,12 +19,13 @@ import onnx
 import torch
 import torch.fx
 
-from fxtrt.backend.verify import verification_points
+from fxtrt.backend.onnxruntime import SessionLoader, onnxrt_runner
+from fxtrt.compare import compare_arrays, compare_tensors, onnx_feed, onnx_inputs, tensor_array
 from fxtrt.frontend.capture import CapturedGraph
-from fxtrt.frontend.inputs import inputs_at
 from fxtrt.frontend.source import onnx_node_source, source_of
 from fxtrt.graph import node_values
 from fxtrt.settings import Settings
+from fxtrt.sizes import inputs_at, verification_points
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,12 @@ def onnx_values(model_path: Path, feed: Mapping[str, np.ndarray]) -> tuple[onnx.
     """Every intermediate value of the ONNX model, marked as an output with Polygraphy."""
     from polygraphy import constants
     from polygraphy.backend.onnx import ModifyOutputs, onnx_from_path
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.logger import G_LOGGER
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
         model = onnx_from_path(str(model_path))
         marked = ModifyOutputs(model, outputs=constants.MARK_ALL, copy=True)()
-        with OnnxrtRunner(SessionFromOnnx(marked.SerializeToString(), providers=["CPUExecutionProvider"])) as runner:
+        with onnxrt_runner(SessionLoader(marked)) as runner:
             outputs = runner.infer(dict(feed))
     return model, {k: np.asarray(v) for k, v in outputs.items()}
 
@@ -78,8 +78,9 @@ def find_divergence(
 ) -> Divergence | None:
     """The first ONNX node (in graph order) whose output differs from its FX node's value.
 
-    A value differs when ``max|a - b| > atol + rtol * max|fx|``: judged per tensor, so ordinary
-    rounding spread over a large tensor is not mistaken for the divergence.
+    A value differs when ``max|a - b| > atol + rtol * max|fx|``: the one rule of
+    :mod:`fxtrt.compare`, judged per tensor, so ordinary rounding spread over a large tensor is
+    not mistaken for the divergence.
     """
     model, got = onnx_values(model_path, feed)
     want = node_values(gm, inputs)
@@ -95,21 +96,17 @@ def find_divergence(
         for value in node.output:
             if value not in got or value not in want:
                 continue
-            ref = want[value].to(torch.float64).numpy() if want[value].dtype != torch.bool else want[value].numpy()
+            ref = tensor_array(want[value])
             out = got[value]
             if tuple(ref.shape) != tuple(out.shape):
                 continue
             compared += 1
-            a, b = ref.astype(np.float64), out.astype(np.float64)
-            diff = np.abs(a - b)
-            diff = np.where(np.isnan(a) & np.isnan(b), 0.0, diff)
-            peak = float(np.nanmax(np.abs(a))) if a.size else 0.0
-            worst = float(np.nanmax(diff)) if diff.size else 0.0
-            if np.isnan(diff).any() or worst > atol + rtol * peak:
+            c = compare_arrays(ref, out, atol, rtol, per_tensor=True)
+            if not c.passed:
                 fx_node = by_name.get(value)
                 source = (source_of(fx_node) if fx_node is not None else None) or onnx_node_source(node)
                 return Divergence(node.name, node.op_type, value, fx_node.name if fx_node is not None else None,
-                                  source, worst, peak, compared)
+                                  source, c.max_abs, c.peak, compared)
     log.info("no ONNX value diverges from the FX graph (%d paired values compared)", compared)
     return None
 
@@ -119,10 +116,9 @@ def trace_divergence(gm: torch.fx.GraphModule, onnx_path: Path, captured: Captur
     """:func:`find_divergence` at ``sizes`` (default: the first verification point), on the
     example resized to them: where the emitted ONNX model first leaves the FX graph."""
     sizes = sizes if sizes is not None else verification_points(settings.dims, captured.traced_low())[0]
-    tensors = [t.to(torch.float32) if t.dtype == torch.float64 else t
-               for t in inputs_at(captured.example, settings.dims, sizes)]
-    feed = {n: t.numpy() for n, t in zip(captured.input_names, tensors)}
-    return find_divergence(onnx_path, gm, tensors, feed, settings.atol, settings.rtol)
+    inputs = inputs_at(captured.example, settings.dims, sizes)
+    feed = onnx_feed(captured.input_names, inputs)
+    return find_divergence(onnx_path, gm, onnx_inputs(inputs), feed, settings.atol, settings.rtol)
 
 
 @dataclass(frozen=True)
@@ -168,7 +164,7 @@ def graph_verdict(model: torch.nn.Module, gm: torch.fx.GraphModule, captured: Ca
     import torch.utils._pytree as pytree
 
     inputs = inputs_at(captured.example, settings.dims, sizes)
-    fx_inputs = [t.to(torch.float32) if t.dtype == torch.float64 else t for t in inputs]
+    fx_inputs = onnx_inputs(inputs)
 
     def same(graph: torch.fx.GraphModule) -> bool:  # at the inputs bound when it is called
         with torch.no_grad():
@@ -178,8 +174,7 @@ def graph_verdict(model: torch.nn.Module, gm: torch.fx.GraphModule, captured: Ca
             except Exception:  # the captured graph's own runtime asserts: it does not hold there
                 return False
         return len(got) == len(want) and all(
-            g.shape == w.shape and torch.allclose(g.double(), w.double(), atol=settings.atol, rtol=settings.rtol,
-                                                  equal_nan=True) for g, w in zip(got, want))
+            g.shape == w.shape and compare_tensors(w, g, settings.atol, settings.rtol).passed for g, w in zip(got, want))
 
     if captured.pristine is None:
         return GraphVerdict(None, same(gm), dict(sizes))
@@ -188,7 +183,7 @@ def graph_verdict(model: torch.nn.Module, gm: torch.fx.GraphModule, captured: Ca
     # Traced at fixed sizes: the captured graph runs only at its own, so both are compared there.
     final = same(gm)
     inputs = inputs_at(captured.example, settings.dims, captured.base.sizes)
-    fx_inputs = [t.to(torch.float32) if t.dtype == torch.float64 else t for t in inputs]
+    fx_inputs = onnx_inputs(inputs)
     if not final and same(captured.pristine) and not same(gm):
         return GraphVerdict(True, False, dict(captured.base.sizes))
     return GraphVerdict(None, final, dict(sizes))

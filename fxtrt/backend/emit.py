@@ -1,11 +1,8 @@
-"""Emit ONNX from the rewritten GraphModule, with every dynamic dim named.
+"""Emit ONNX from the rewritten graph, with every dynamic dim named.
 
-A graph from a symbolic capture is handed to torch.onnx as it is: turned back into an
-ExportedProgram (weights lifted to inputs, the capture's symbols and ranges kept), with no
-second torch.export. A graph whose baked dims were generalised computes those sizes from
-``sym_size`` of its inputs, so torch.export over the traced ranges captures it symbolically; a
-dim that still got specialised means a size was baked in, and is an error here rather than a
-silently static model.
+The graph arrives as an ExportedProgram (:mod:`fxtrt.frontend.program` made it: rebuilt from the
+symbolic capture, or exported again over the generalised graph); torch.onnx translates it, the
+op set is converted down where asked, and the dims get the settings' names.
 """
 from __future__ import annotations
 
@@ -21,16 +18,14 @@ import onnx
 import torch
 import torch._decomp
 import torch.fx
-import torch.utils._pytree as pytree
 
 from fxtrt.backend.opset import convert_opset
 from fxtrt.backend.recurrent import TRANSLATIONS as RECURRENT_TRANSLATIONS
 from fxtrt.backend.recurrent import recurrent_notes
-from fxtrt.errors import EmitError, GeneralizationError
-from fxtrt.frontend.capture import CapturedGraph, Program
-from fxtrt.frontend.export import dynamic_shapes, torch_dims
-from fxtrt.frontend.guards import AssertCheck, Hole, check_deferred_asserts
-from fxtrt.frontend.source import location_of_traceback, source_of
+from fxtrt.compare import onnx_inputs
+from fxtrt.errors import EmitError
+from fxtrt.frontend.captured import CapturedGraph
+from fxtrt.frontend.source import source_of
 from fxtrt.settings import DynamicDim
 from fxtrt.torch_log import collect_torch_log
 
@@ -45,143 +40,19 @@ LAYER_NORMS = frozenset({torch.ops.aten.layer_norm.default, torch.ops.aten.nativ
 class Emitted:
     model: onnx.ModelProto
     notes: list[str]
-    holes: tuple[Hole, ...] = ()  # facts the re-export assumed that fail inside the ranges
 
 
 def has_layer_norm(gm: torch.fx.GraphModule) -> bool:
     return any(n.op == "call_function" and n.target in LAYER_NORMS for n in gm.graph.nodes)
 
 
-def exported_program(gm: torch.fx.GraphModule, program: Program) -> torch.export.ExportedProgram:
-    """``gm`` (flat inputs, weights as attributes) as an ExportedProgram over ``program``'s
-    symbols, with every weight lifted to an input as torch.export would have made it. The
-    subgraphs of higher-order ops (``cond``'s branches, a ``scan``'s body) stay attributes of the
-    root, as torch.export leaves them, and torch.onnx translates those ops to If / Scan / Loop.
-
-    Placeholders get fake values from the weights as they are now (a pass may have changed a
-    buffer's dtype), and float64 inputs become float32, as the ONNX inputs will be.
-    """
-    from torch.export.exported_program import ModuleCallEntry, ModuleCallSignature
-    from torch.export.graph_signature import (
-        ExportGraphSignature, InputKind, InputSpec, OutputKind, OutputSpec, TensorArgument,
-    )
-
-    user = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    fake_mode = next(n.meta["val"].fake_mode for n in user if isinstance(n.meta.get("val"), torch.Tensor))
-    params = {k for k, _ in gm.named_parameters(remove_duplicate=False)}
-    buffers = {k for k, _ in gm.named_buffers(remove_duplicate=False)}
-    prefix = {InputKind.PARAMETER: "p_", InputKind.BUFFER: "b_", InputKind.CONSTANT_TENSOR: "c_"}
-    graph = torch.fx.Graph()
-    env: dict[torch.fx.Node, torch.fx.Node] = {}
-    lifted: dict[str, torch.fx.Node] = {}
-    specs: list[InputSpec] = []
-    state_dict: dict[str, torch.Tensor] = {}
-    constants: dict[str, torch.Tensor] = {}
-    for node in gm.graph.find_nodes(op="get_attr"):
-        if node.target in lifted:
-            continue
-        value = _attr(gm, node.target)
-        if isinstance(value, torch.fx.GraphModule):  # a branch or loop body: stays an attribute
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise EmitError(f"attribute {node.target} of the graph is a {type(value).__name__}, not a tensor",
-                            node=node.name, hint="please report this with the model")
-        kind = (InputKind.PARAMETER if node.target in params else
-                InputKind.BUFFER if node.target in buffers else InputKind.CONSTANT_TENSOR)
-        # FX writes a placeholder's target as a Python argument name: "block1-0" must not reach it.
-        ph = graph.placeholder(prefix[kind] + re.sub(r"\W", "_", node.target))
-        ph.target = ph.name
-        ph.meta["val"] = fake_mode.from_tensor(value, static_shapes=True)
-        lifted[node.target] = ph
-        specs.append(InputSpec(kind, TensorArgument(ph.name), node.target,
-                               persistent=True if kind == InputKind.BUFFER else None))
-        (constants if kind == InputKind.CONSTANT_TENSOR else state_dict)[node.target] = value
-    for node in user:
-        env[node] = ph = graph.node_copy(node)
-        ph.target = ph.name  # ExportedProgram looks placeholders up by name ("input" was renamed "input_1")
-        val = node.meta.get("val")
-        if isinstance(val, torch.Tensor) and val.dtype == torch.float64:
-            with fake_mode:
-                ph.meta["val"] = val.to(torch.float32)
-        specs.append(InputSpec(InputKind.USER_INPUT, TensorArgument(ph.name), None))
-    outputs: list[OutputSpec] = []
-    for node in gm.graph.nodes:
-        if node.op == "get_attr" and node.target in lifted:
-            env[node] = lifted[node.target]
-        elif node.op == "output":
-            outs = tuple(env[a] for a in node.args[0])
-            graph.output(outs)
-            outputs = [OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(o.name), None) for o in outs]
-        elif node.op != "placeholder":
-            env[node] = graph.node_copy(node, lambda n: env[n])
-    call = ModuleCallSignature(
-        # as torch.export writes the root entry: no arguments (decompositions rename nodes, and
-        # would leave names here dangling), the call structure and the argument names
-        inputs=[], outputs=[],
-        in_spec=pytree.tree_structure(((0,) * len(user), {})), out_spec=pytree.tree_structure((0,) * len(outputs)),
-        forward_arg_names=[env[u].name for u in user],
-    )
-    return torch.export.ExportedProgram(
-        root=gm, graph=graph, graph_signature=ExportGraphSignature(specs, outputs), state_dict=state_dict,
-        range_constraints=dict(program.range_constraints), module_call_graph=[ModuleCallEntry("", call)],
-        constants=constants, verifiers=list(program.verifiers),
-    )
-
-
-def _attr(gm: torch.nn.Module, target: str) -> object:
-    obj: object = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _reexport(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor], dims: Sequence[DynamicDim],
-              captured: CapturedGraph) -> tuple[torch.export.ExportedProgram, AssertCheck]:
-    """torch.export of the generalised graph over the traced ranges (the declared ones for baked
-    dims), and its deferred asserts checked over them.
-
-    Traced at the base size, torch may decide facts that hold there only (at an even length a
-    crop ``[:s]`` of ``2*ceil(s/2)`` is a no-op) and specialise; the graph is the same function at
-    every traced size, so each other trace's inputs get their turn before that is an error.
-    """
-    named = torch_dims(dims, {name: (c.low, c.high) for name, c in captured.dims.items()})
-    spec = dynamic_shapes(len(inputs), dims, named) if dims else None
-    tries = [tuple(inputs)] + [tuple(t.to(torch.float32) if t.dtype == torch.float64 else t for t in c.inputs)
-                               for c in captured.captures[1:] + captured.checks]
-    first_exc: Exception | None = None
-    for args in tries:
-        try:
-            ep = torch.export.export(gm, args, dynamic_shapes=spec, strict=False,
-                                     prefer_deferred_runtime_asserts_over_guards=spec is not None)
-            return ep, check_deferred_asserts(ep, dims)
-        except Exception as exc:
-            first_exc = first_exc or exc
-            log.debug("re-export at %s failed: %s", [tuple(a.shape) for a in args], str(exc)[:700])
-            if spec is None or "Constraints violated" not in str(exc):
-                break
-    assert first_exc is not None
-    exc = first_exc
-    loc = location_of_traceback(exc.__traceback__)
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    guard = next((ln.strip(" -") for ln in str(exc).splitlines() if "guard" in ln and ln.strip() != first), "")
-    raise GeneralizationError(
-        f"the generalised graph does not trace with symbolic sizes: {type(exc).__name__}: {first}"
-        + (f" ({guard})" if guard else ""),
-        source=str(loc) if loc else None,
-        hint="a size may still be baked in; run fxtrt explain on the model to see where",
-    ) from exc
-
-
-def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[DynamicDim], opset: int) -> Emitted:
-    """ONNX for ``gm`` with the dims in ``dims`` symbolic, named as in the settings."""
+def emit_onnx(ep: torch.export.ExportedProgram, captured: CapturedGraph, dims: Sequence[DynamicDim],
+              opset: int) -> Emitted:
+    """ONNX for ``ep`` (:func:`fxtrt.frontend.program.exported`) with the dims in ``dims``
+    symbolic, named as in the settings."""
+    gm = ep.graph_module
     notes: list[str] = recurrent_notes(gm)
-    inputs = tuple(t.to(torch.float32) if t.dtype == torch.float64 else t for t in captured.base.inputs)
-    holes: tuple[Hole, ...] = ()
-    if captured.program is not None:
-        ep = exported_program(gm, captured.program)
-    else:
-        ep, checked = _reexport(gm, inputs, dims, captured)
-        holes = checked.holes
+    inputs = onnx_inputs(captured.base.inputs)
     if opset < 17 and has_layer_norm(gm):
         notes.append(
             f"the model has LayerNorm but opset={opset} < 17: LayerNorm was decomposed into primitive ops; "
@@ -204,7 +75,7 @@ def emit_onnx(gm: torch.fx.GraphModule, captured: CapturedGraph, dims: Sequence[
         raise translation_error(exc, ep, max(opset, EXPORTER_OPSET)) from exc
     model = convert_opset(program.model_proto, opset)
     _name_dims(model, dims, captured.input_names)
-    return Emitted(model, notes, holes)
+    return Emitted(model, notes)
 
 
 # torch.onnx's error text: the op it found no translation for, and the FX node it was translating.

@@ -1,14 +1,12 @@
 """One verification stage for every artifact: its runners against the original model with
 Polygraphy's ``Comparator``, at every size it claims.
 
-Polygraphy's ``PytRunner`` hard-codes CUDA, so ``TorchRunner`` runs the original module on the
-CPU behind the same runner interface. :class:`ReferenceRunner` is the one reference of a
-compile: it makes the feeds at any sizes and runs the model once per feed, so the fp32 model,
-the fp16 model and the engines are all compared with the same reference outputs.
-:func:`verify` drives any :class:`~fxtrt.artifacts.Artifact` (an ONNX model, a bucket set, an
-fp16 model, TensorRT engines) the same way. The check is elementwise
-``|a - b| <= atol + rtol * |ref|`` (Polygraphy's own "simple" check passes an element when
-*either* tolerance holds, which is looser), and any failure is an error, never a warning.
+:class:`ReferenceRunner` is the one reference of a compile: it makes the feeds at any sizes and
+runs the model once per feed (eagerly on the CPU, a :class:`~fxtrt.backend.torch.TorchRunner`),
+so the fp32 model, the fp16 model and the engines are all compared with the same reference
+outputs. :func:`verify` drives anything with the :class:`Verifiable` interface (an ONNX model, a
+bucket set, an fp16 model, TensorRT engines) the same way. Each output is judged by the one rule
+of :mod:`fxtrt.compare`, and any failure is an error, never a warning.
 
 Example::
 
@@ -24,11 +22,10 @@ import dataclasses
 import hashlib
 import logging
 import re
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import onnx
@@ -38,26 +35,13 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.logger import G_LOGGER
 
+from fxtrt.backend.torch.runner import TorchRunner
+from fxtrt.compare import Feeds, Tolerance, compare_arrays, feed_dtype, feeds_at, roundoff_verdict
 from fxtrt.errors import FxtrtError, VerificationError
-from fxtrt.frontend.export import describe_failure
-from fxtrt.frontend.inputs import grid_sizes, inputs_at, verification_sizes
 from fxtrt.frontend.source import onnx_node_source
 from fxtrt.settings import DynamicDim
 
-if TYPE_CHECKING:  # the artifacts build on this module; it only calls their interface
-    from fxtrt.artifacts.base import Artifact
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """``|a - b| <= atol + rtol * |ref|``, and the note its rows carry ("fp16 (atol=0.01, rtol=0.01)")."""
-
-    atol: float
-    rtol: float
-    note: str = ""
-    roundoff: bool = True  # a failing output gets the float64 rule (roundoff_verdict); not for fp16
 
 
 @dataclass(frozen=True)
@@ -77,100 +61,25 @@ class VerifyRow:
                 "max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed, "note": self.note}
 
 
-class TorchRunner(BaseRunner):
-    """Runs an ``nn.Module`` eagerly on the CPU; outputs are flattened in pytree order."""
+class Verifiable(Protocol):
+    """What :func:`verify` needs of an artifact; :class:`fxtrt.artifacts.Artifact` declares it.
+    Written here so that verification does not reach up into the artifacts that build on it."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        input_names: Sequence[str],
-        input_dtypes: Sequence[torch.dtype],
-        output_names: Sequence[str],
-        feed_meta: TensorMetadata,
-        name: str = "torch",
-    ) -> None:
-        super().__init__(name=name, prefix="torch-runner")
-        self.model = model
-        self.input_names = list(input_names)
-        self.input_dtypes = list(input_dtypes)
-        self.output_names = list(output_names)
-        self._meta = feed_meta
-        self._was_training = False
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files run, for the line of an ONNX node that fails."""
 
-    def activate_impl(self) -> None:
-        self._was_training = self.model.training
-        self.model.eval()
+    def parts(self) -> Sequence["Verifiable"]:
+        """What is checked with one Comparator each (an engine set: every engine)."""
 
-    def deactivate_impl(self) -> None:
-        self.model.train(self._was_training)
+    def serves(self, sizes: Mapping[str, int]) -> bool:
+        """Whether the part runs at ``sizes``."""
 
-    def get_input_metadata_impl(self) -> TensorMetadata:
-        return self._meta
+    def describe(self, sizes: Mapping[str, int]) -> str:
+        """How ``sizes`` are served, for the row's note."""
 
-    def infer_impl(self, feed_dict):
-        start = time.perf_counter()
-        args = [torch.from_numpy(np.ascontiguousarray(feed_dict[n])).to(dt)
-                for n, dt in zip(self.input_names, self.input_dtypes)]
-        try:
-            with torch.no_grad():
-                out = self.model(*args)
-        except FxtrtError:
-            raise
-        except Exception as exc:  # the user's model, at a size of the declared ranges
-            message, source = describe_failure(exc)
-            shapes = ", ".join(f"{n} {tuple(a.shape)}" for n, a in zip(self.input_names, args))
-            raise VerificationError(
-                f"the original model fails eagerly at input shapes {shapes}, so it cannot be checked there: "
-                f"{type(exc).__name__}: {message}", source=source,
-                hint="the model must run at every size of the declared ranges: narrow them (min/max), or give the "
-                     "dim a step that skips the sizes where it fails") from exc
-        leaves = pytree.tree_leaves(out)
-        if len(leaves) != len(self.output_names):
-            raise VerificationError(
-                f"the model returned {len(leaves)} tensors but the artifact has {len(self.output_names)} outputs"
-            )
-        outputs = OrderedDict(
-            (n, t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t))
-            for n, t in zip(self.output_names, leaves)
-        )
-        self.inference_time = time.perf_counter() - start
-        return outputs
-
-
-def compare_arrays(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool, str]:
-    """(max |a-b|, max |a-b|/|ref|, passed, note) under ``|a-b| <= atol + rtol*|ref|``."""
-    if tuple(ref.shape) != tuple(out.shape):
-        return float("inf"), float("inf"), False, f"shape {tuple(out.shape)} != expected {tuple(ref.shape)}"
-    if ref.size == 0:
-        return 0.0, 0.0, True, ""
-    a = ref.astype(np.float64)
-    b = out.astype(np.float64)
-    both_nan = np.isnan(a) & np.isnan(b)
-    same_inf = np.isinf(a) & (a == b)
-    diff = np.where(both_nan | same_inf, 0.0, np.abs(a - b))
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    ok = diff <= atol + rtol * np.where(np.isfinite(a), np.abs(a), 0.0)
-    rel = diff / np.maximum(np.abs(np.where(np.isfinite(a), a, 0.0)), np.finfo(np.float64).tiny)
-    return float(diff.max()), float(rel.max()), bool(ok.all()), ""
-
-
-ROUNDOFF_FACTOR = 2.0  # "about as close": at most this many times eager float32's own distance
-
-
-def roundoff_verdict(ref: np.ndarray, out: np.ndarray, ref64: np.ndarray, atol: float) -> tuple[bool, str]:
-    """The second rule, for outputs that fail the per-element one: float32 round-off, not a
-    wrong export, when the artifact is about as close to the model computed in float64 as eager
-    float32 is (``max|a - f64| <= 2 * max|eager - f64| + atol``). A model whose float32 results
-    are ill-conditioned (saturated softmax over large logits) then passes; a real error of the
-    same size in a well-conditioned model does not."""
-    if ref.shape != out.shape or ref.shape != ref64.shape or ref.size == 0:
-        return False, ""
-    r64 = ref64.astype(np.float64)
-    eager = float(np.nanmax(np.abs(ref.astype(np.float64) - r64)))
-    artifact = float(np.nanmax(np.abs(out.astype(np.float64) - r64)))
-    ok = bool(np.isfinite(artifact)) and artifact <= ROUNDOFF_FACTOR * eager + atol
-    return ok, (f"float64 rule: max|artifact - f64| = {artifact:.3g}, max|eager f32 - f64| = {eager:.3g}, "
-                f"{'within' if ok else 'above'} {ROUNDOFF_FACTOR:g}x + atol")
+    def verify_runners(self) -> list[BaseRunner]:
+        """The runners compared with the reference."""
 
 
 def run_comparison(
@@ -203,13 +112,14 @@ def run_comparison(
                         rows.append(VerifyRow(sizes, name, tuple(r.shape), float("inf"), float("inf"), False,
                                               f"{other_name} has no output {name!r}"))
                         continue
-                    max_abs, max_rel, ok, note = compare_arrays(r, np.asarray(other[name]), atol, rtol)
+                    c = compare_arrays(r, np.asarray(other[name]), atol, rtol)
+                    ok, note = c.passed, c.note
                     if not ok and not note and float64 is not None:
                         ref64 = float64(feed)
                         if ref64 is not None and name in ref64:
                             ok, note = roundoff_verdict(r, np.asarray(other[name]), np.asarray(ref64[name]), atol)
                     label = "" if len(runners) == 2 else f"{other_name} vs {ref_name}"
-                    rows.append(VerifyRow(sizes, name, tuple(r.shape), max_abs, max_rel, ok,
+                    rows.append(VerifyRow(sizes, name, tuple(r.shape), c.max_abs, c.max_rel, ok,
                                           "; ".join(x for x in (label, note) if x)))
     return rows
 
@@ -288,66 +198,6 @@ def raise_on_failure(rows: Sequence[VerifyRow], atol: float, rtol: float, diverg
     )
 
 
-def ort_meta(onnx_path: Path) -> TensorMetadata:
-    """Input metadata for the torch runner: the ONNX inputs' names, dtypes and shapes."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    meta = TensorMetadata()
-    for vi in model.graph.input:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        shape = [d.dim_param or d.dim_value or None for d in vi.type.tensor_type.shape.dim]
-        meta.add(vi.name, dtype=dtype, shape=shape)
-    return meta
-
-
-def verification_points(dims: Sequence[DynamicDim], traced_low: Mapping[str, int] | None = None,
-                        extra: Sequence[Mapping[str, int]] = ()) -> list[dict[str, int]]:
-    """The first dim (the batch) at min/opt/odd/max with the others at opt; each other dim at
-    min, one size in between and max (at the first dim's extremes), all on the dims' grids.
-
-    ``traced_low``: where torch.export traced a dim only from above its min (its 0/1 rule), a
-    size in that gap is checked too. ``extra``: more sizes (the others at opt), such as where a
-    fact torch assumed fails.
-    """
-    if not dims:
-        return [{}]
-    opt = {d.name: d.opt for d in dims}
-    first, rest = dims[0], dims[1:]
-    points = [{**opt, first.name: s} for s in verification_sizes(first)]
-    for d in rest:
-        mid = [s for s in verification_sizes(d) if s not in (d.min, d.max, d.opt)]
-        for s in sorted({d.min, d.max}):
-            for f in sorted({first.min, first.max}):
-                points.append({**opt, d.name: s, first.name: f})
-        for s in mid:
-            points.append({**opt, d.name: s, first.name: first.opt})
-    for d in dims:
-        low = (traced_low or {}).get(d.name, d.min)
-        gap = [s for s in grid_sizes(d, d.min + 1) if s < low]
-        if gap:
-            points.append({**opt, d.name: gap[len(gap) // 2]})
-    points += [{**opt, **p} for p in extra]
-    unique: list[dict[str, int]] = []
-    for p in points:
-        if p not in unique:
-            unique.append(p)
-    return unique
-
-
-Feeds = list[tuple[dict[str, int], dict[str, np.ndarray]]]
-
-
-def feeds_at(
-    inputs: Sequence[torch.Tensor], dims: Sequence[DynamicDim], names: Sequence[str], points: Sequence[dict[str, int]]
-) -> Feeds:
-    """The example resized to each point, as ONNX feeds (float64 inputs become float32)."""
-    out = []
-    for sizes in points:
-        tensors = inputs_at(inputs, dims, sizes)
-        out.append((sizes, {n: (t.to(torch.float32) if t.dtype == torch.float64 else t).numpy()
-                            for n, t in zip(names, tensors)}))
-    return out
-
-
 class ReferenceRunner(TorchRunner):
     """The original model as the one reference of a compile.
 
@@ -368,8 +218,7 @@ class ReferenceRunner(TorchRunner):
     ) -> None:
         meta = TensorMetadata()
         for n, t in zip(input_names, example):
-            dtype = np.float32 if t.dtype == torch.float64 else torch.empty((), dtype=t.dtype).numpy().dtype
-            meta.add(n, dtype=dtype, shape=[None] * t.dim())
+            meta.add(n, dtype=feed_dtype(t.dtype), shape=[None] * t.dim())
         super().__init__(model, input_names, [t.dtype for t in example], output_names, meta, name=name)
         self.example = tuple(example)
         self.dims = tuple(dims)
@@ -396,9 +245,7 @@ class ReferenceRunner(TorchRunner):
             try:
                 if self._model64 is None:
                     self._model64 = copy.deepcopy(self.model).double().eval()
-                args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(dt) for n, dt in
-                        zip(self.input_names, self.input_dtypes)]
-                args = [a.double() if a.is_floating_point() else a for a in args]
+                args = [a.double() if a.is_floating_point() else a for a in self.arguments(feed)]
                 with torch.no_grad():
                     leaves = pytree.tree_leaves(self._model64(*args))
                 if len(leaves) == len(self.output_names):
@@ -428,7 +275,7 @@ def _digest(feed: Mapping[str, Any], names: Sequence[str]) -> bytes:
 
 
 def verify(
-    artifact: "Artifact",
+    artifact: Verifiable,
     reference: ReferenceRunner,
     points: Sequence[Mapping[str, int]],
     tolerance: Tolerance,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -30,112 +29,19 @@ import torch.utils._pytree as pytree
 
 from fxtrt.errors import CaptureError, ConfigError, GeneralizationError, StructureError
 from fxtrt.frontend.bind import output_names
-from fxtrt.frontend.export import (SolverFailure, Violation, dim_reason, dynamic_shapes, eager_failure, export_once, first_lines,
+from fxtrt.frontend.export import (SolverFailure, Violation, dim_reason, dynamic_shapes, export_once, first_lines,
                                    proven_relations, suggested_fixes, torch_dims)
-from fxtrt.frontend.guards import Hole, check_deferred_asserts, check_hole_runs
+from fxtrt.frontend.guards import Hole, check_deferred_asserts
+from fxtrt.frontend.captured import (SYMBOLIC, TRACE_DIFF, Capture, CapturedGraph, DimCapture, Program, dynamic_axes,
+                                     static_size)
 from fxtrt.frontend.higher_order import lower_higher_order
-from fxtrt.frontend.inputs import diff_sizes, grid_sizes, inputs_at, symbolic_size
+from fxtrt.frontend.limits import Limits
 from fxtrt.frontend.recurrent import recurrent_ops
 from fxtrt.frontend.state import ModuleState
 from fxtrt.settings import DynamicDim, Settings, merge_dims
+from fxtrt.sizes import diff_sizes, grid_sizes, inputs_at, symbolic_size
 
 log = logging.getLogger(__name__)
-
-SYMBOLIC = "symbolic from capture"
-TRACE_DIFF = "generalised by trace diff"
-
-
-@dataclass(frozen=True)
-class DimCapture:
-    """How one dynamic dim was captured, and the range torch.export traced it over."""
-
-    name: str
-    how: str
-    low: int
-    high: int
-    why: str = ""
-    sizes: tuple[int, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"how": self.how, "traced_range": [self.low, self.high]}
-        if self.why:
-            out["why"] = self.why
-        if self.sizes:
-            out["trace_sizes"] = list(self.sizes)
-        return out
-
-
-@dataclass
-class Capture:
-    """One trace of the model: symbolic in some dims, at the concrete ``sizes`` in the others."""
-
-    sizes: dict[str, int]
-    gm: torch.fx.GraphModule
-    inputs: tuple[torch.Tensor, ...]
-
-
-@dataclass(frozen=True)
-class Program:
-    """What emission needs from the symbolic export to turn the graph back into an
-    ExportedProgram without tracing it again."""
-
-    range_constraints: dict[Any, Any]
-    verifiers: list[Any]
-
-
-@dataclass
-class CapturedGraph:
-    """What the frontend learned: the traces, how each dim was captured, the output structure."""
-
-    captures: list[Capture]
-    out_spec: pytree.TreeSpec
-    example: tuple[torch.Tensor, ...]
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    dims: dict[str, DimCapture] = field(default_factory=dict)
-    checks: list[Capture] = field(default_factory=list)
-    program: Program | None = None
-    notes: list[str] = field(default_factory=list)
-    exports: int = 1
-    holes: tuple[Hole, ...] = ()  # facts torch assumed that fail inside the ranges (verified there)
-    pristine: torch.fx.GraphModule | None = None  # the base trace before the passes ran (for diagnosis)
-    declared: tuple[DynamicDim, ...] = ()  # the dims as captured: the settings' dims, with dims torch proves equal merged
-
-    @property
-    def base(self) -> Capture:
-        return self.captures[0]
-
-    @property
-    def baked(self) -> list[str]:
-        """Dims the symbolic capture could not keep: the ones trace diffing generalises."""
-        return [n for n, d in self.dims.items() if d.how == TRACE_DIFF]
-
-    @property
-    def symbolic(self) -> bool:
-        """Every dynamic dim is symbolic in the base trace: it can be emitted as captured."""
-        return not self.baked
-
-    def traced_low(self) -> dict[str, int]:
-        return {n: d.low for n, d in self.dims.items()}
-
-
-def static_size(size: Any) -> int | None:
-    """``size`` as an int if it is one at every size (a plain int or a constant SymInt)."""
-    if isinstance(size, int):
-        return size
-    if isinstance(size, torch.SymInt):
-        from torch.fx.experimental.symbolic_shapes import is_concrete_int
-
-        return int(size) if is_concrete_int(size) else None
-    return None
-
-
-def dynamic_axes(shapes: Sequence[Sequence[Any]]) -> list[int]:
-    """Axes of a value that change with the dynamic dims, from its shape in every trace: the
-    axes that hold a symbol, or (for baked dims) differ between the traces."""
-    return [d for d in range(len(shapes[0]))
-            if any(static_size(s[d]) is None for s in shapes) or len({static_size(s[d]) for s in shapes}) > 1]
-
 
 def _flat_module(ep: torch.export.ExportedProgram) -> torch.fx.GraphModule:
     """The exported program as a plain GraphModule with flat inputs and a flat tuple output."""
@@ -169,7 +75,7 @@ def _distinct(dims: Sequence[DynamicDim], sizes: Mapping[str, int]) -> dict[str,
     return out
 
 
-class _Capturer:
+class _Capturer(Limits):
     """One capture run: the state it restores, the ranges it has learned, the traces it took."""
 
     def __init__(self, model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings: Settings,
@@ -214,41 +120,6 @@ class _Capturer:
             raise
         except CaptureError as exc:
             raise (self._model_limit(sizes) if limits else None) or exc
-
-    def _model_limit(self, sizes: Mapping[str, int]) -> ConfigError | None:
-        """A trace failed: if the model itself fails once one dim leaves its example size (a
-        Linear's feature dim declared dynamic), that dim's limit is the model's: a ConfigError
-        with the sizes around the example where it runs."""
-        for d in self.dims:
-            size = sizes.get(d.name, d.example)
-            if d.is_batch or size == d.example:
-                continue
-            failure = self._eager_at(d, size)
-            if failure is None:
-                continue
-            works = [d.example]
-            for step in (1, -1):  # the grid sizes next to the example where the model runs, a few each way
-                grid = [g for g in grid_sizes(d) if (g - d.example) * step > 0][::step][:4]
-                for g in grid:
-                    if self._eager_at(d, g) is not None:
-                        break
-                    works.append(g)
-            lo, hi = min(works), max(works)
-            message, source = failure
-            if lo == hi:
-                hint = f"the model needs '{d.name}' to be {lo}: leave it out of the dynamic dims"
-            else:
-                hint = f"ask for '{d.name}' within {lo}..{hi}; the limit is the model's, not a baked size"
-            return ConfigError(f"dynamic dim '{d.name}' works only for {lo}..{hi} in this model, not {d.min}..{d.max}: "
-                               f"at {d.name}={size} the model fails: {message}", source=source, hint=hint)
-        return None
-
-    def _eager_at(self, d: DynamicDim, size: int) -> tuple[str, str | None] | None:
-        self.state.restore()
-        try:
-            return eager_failure(self.model, inputs_at(self.example, self.dims, {d.name: size}))
-        finally:
-            self.state.restore()
 
     def symbolic(self) -> torch.export.ExportedProgram:
         """The symbolic capture, refined by torch's suggested fixes until it holds."""
@@ -402,83 +273,6 @@ class _Capturer:
             raise CaptureError(f"torch.export could not keep the dynamic dims: {first_lines(violation.message)}",
                                hint="run fxtrt explain on the model to see where sizes are baked in")
 
-    def _beyond_proof(self, d: DynamicDim, lo: int, proven: int, hi: int) -> None:
-        """torch.export proves one graph only up to ``proven`` (a slice end clamped by a static
-        size, say), yet ONNX may serve past it. Where the model runs eagerly past it, the graph is
-        traced over ``lo..proven`` and verified past the proof (every grid size past it, up to
-        64; else the boundary, the max and 8 between): a :class:`Hole` that names the first size
-        where the artifact differs. Where the model itself fails past it, that is its limit."""
-        past = list(grid_sizes(d, proven + 1))
-        if not past:
-            raise self._limit(d, lo, proven, "max")
-        if len(past) > 64:
-            step = (len(past) - 1) / 9
-            past = sorted({past[0], past[1], past[-1], *(past[round(k * step)] for k in range(1, 9))})
-        for size in past:
-            self.state.restore()
-            failure = eager_failure(self.model, inputs_at(self.example, self.dims, {**self.sizes, d.name: size}))
-            self.state.restore()
-            if failure is not None:
-                served = max([proven] + [s for s in past if s < size])
-                if served == proven:
-                    raise self._limit(d, lo, proven, "max", probe=size, failure=failure)
-                raise self._limit(d, lo, served, "max", probe=size, failure=failure)
-        self.ranges[d.name] = (self.ranges[d.name][0], proven)
-        points = tuple({d.name: s} for s in past)
-        self.beyond.append(Hole(f"the graph it proves for '{d.name}' in {lo}..{proven} also serves {proven + 1}.."
-                                f"{hi}", None, points, beyond=(d.name, d.min, proven)))
-        shown = ", ".join(str(s) for s in past[:12]) + (", ..." if len(past) > 12 else "")
-        self.notes.append(f"torch.export proves one graph for dim '{d.name}' only for {lo}..{proven}; the model runs "
-                          f"past it, so the graph is verified beyond torch.export's proof at {d.name}={shown}")
-
-    def _low_limit(self, d: DynamicDim, new_lo: int, hi: int) -> None:
-        """torch.export proves the graph only from ``new_lo``: if the model runs eagerly at the
-        declared min the graph is traced from ``new_lo`` and verified from min; else it is the
-        model's own limit."""
-        at_min = {**self.sizes, d.name: d.min}
-        self.state.restore()
-        failure = eager_failure(self.model, inputs_at(self.example, self.dims, at_min))
-        self.state.restore()
-        if failure is not None:
-            raise self._limit(d, new_lo, hi, "min", d.min, failure)
-        self.ranges[d.name] = (new_lo, hi)
-        if self.sizes[d.name] < new_lo:
-            self.sizes[d.name] = next(iter(grid_sizes(d, new_lo)))
-        self.notes.append(
-            f"torch.export traces dim '{d.name}' only from {new_lo} (it assumes sizes inside the model are never 1); "
-            f"the model runs at {d.min}, so the graph serves {d.min}..{d.max} and is verified at {d.min} and in between"
-        )
-
-    def runs_at(self, hole: Hole) -> None:
-        self.state.restore()
-        try:
-            check_hole_runs(self.model, self.example, self.dims, hole)
-        finally:
-            self.state.restore()
-
-    def _limit(self, d: DynamicDim, lo: int, hi: int, end: str, probe: int | None = None,
-               failure: tuple[str, str | None] | None = None) -> ConfigError:
-        """ConfigError: the model itself limits the dim; name the range that works and the line."""
-        if probe is None:
-            probe = next(iter(grid_sizes(d, hi + 1)), d.max)
-        if failure is None:
-            self.state.restore()
-            failure = eager_failure(self.model, inputs_at(self.example, self.dims, {**self.sizes, d.name: probe}))
-            self.state.restore()
-        asked = f"{d.min}..{d.max}"
-        if failure is not None:
-            message, source = failure
-            what = f"at {d.name}={probe} the model fails: {message}"
-        else:
-            source = None
-            what = f"torch.export proves one graph for {lo}..{hi} only (the model runs at {probe}, but its graph changes)"
-        fix = f"max={hi}" if end == "max" else f"min={lo}"
-        return ConfigError(
-            f"dynamic dim '{d.name}' works only for {lo}..{hi} in this model, not {asked}: {what}",
-            source=source,
-            hint=f"ask for {d.name} within {lo}..{hi} ({fix}); the limit is the model's, not a baked size",
-        )
-
     def diff_points(self) -> tuple[list[dict[str, int]], dict[str, int]]:
         """Every corner of the baked dims' first two diff sizes, and the check point (third sizes)."""
         baked = [self.by_name[n] for n in self.baked]
@@ -580,3 +374,8 @@ def _capture(model: torch.nn.Module, example: tuple[torch.Tensor, ...], settings
 
 def flatten_outputs(outputs: Any) -> list[Any]:
     return pytree.tree_leaves(outputs)
+
+
+# The records live in ``captured``; they are named here too, where callers have always found them.
+__all__ = ["SYMBOLIC", "TRACE_DIFF", "Capture", "CapturedGraph", "DimCapture", "Program", "capture", "dynamic_axes",
+           "flatten_outputs", "static_size"]

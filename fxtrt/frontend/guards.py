@@ -28,9 +28,9 @@ import torch
 
 from fxtrt.errors import ConfigError
 from fxtrt.frontend.export import eager_failure
-from fxtrt.frontend.inputs import inputs_at
 from fxtrt.frontend.source import location_of_frames
 from fxtrt.settings import DynamicDim
+from fxtrt.sizes import inputs_at
 
 log = logging.getLogger(__name__)
 

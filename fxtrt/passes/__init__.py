@@ -1,16 +1,18 @@
 """Graph passes, in the one order they run by default.
 
-Each pass is one module here with one test file; see ``infra`` for the protocol. The registry
-below is the only place the order is written down.
+Each pass is one module here with one test file, and declares its contract with ``@graph_pass``
+(``infra``); ``manager`` runs them under it. The registry below is the only place the order is
+written down; ``insert_pass`` puts a pass of your own at a position in it (Torch-TensorRT's
+``index=``), for ``compile(passes=...)`` and ``explain(passes=...)`` alike::
+
+    passes = insert_pass(tanh_gelu, after="generalize_batch")
+    fxtrt.compile(model, x, passes=passes)
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Sequence
 
-import torch.fx
-
-from fxtrt.errors import ConfigError, FxtrtError, PassError
+from fxtrt.errors import ConfigError
 from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
 from fxtrt.passes.drop_noop_squeezes import drop_noop_squeezes
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
@@ -23,26 +25,28 @@ from fxtrt.passes.generalize_batch import generalize_batch
 from fxtrt.passes.max_pool_1d_as_2d import max_pool_1d_as_2d
 from fxtrt.passes.relax_views import relax_views
 from fxtrt.passes.scalar_reads_as_tensors import scalar_reads_as_tensors
-from fxtrt.passes.infra import Change, PassContext, PassFn, PassRecord, PassResult
-from fxtrt.passes.subgraphs import run_in_subgraphs
+from fxtrt.passes.infra import (Change, PassContext, PassContract, PassFn, PassRecord, PassResult, contract_of,
+                                graph_pass)
+from fxtrt.passes.manager import (PassEvent, PassManager, PassObserver, PipelineRun, check_order, order_problem,
+                                  run_passes)
 
-REGISTRY: dict[str, PassFn] = {
-    "drop_shape_guards": drop_shape_guards,
-    "fold_constant_reads": fold_constant_reads,
-    "scalar_reads_as_tensors": scalar_reads_as_tensors,
-    "generalize_batch": generalize_batch,
-    "max_pool_1d_as_2d": max_pool_1d_as_2d,
-    "drop_noop_squeezes": drop_noop_squeezes,
-    "exact_nearest_resize": exact_nearest_resize,
-    "explicit_reduce_dims": explicit_reduce_dims,
-    "fold_attention_dims": fold_attention_dims,
-    "canonicalize_flatten": canonicalize_flatten,
-    "relax_views": relax_views,
-    "fix_dtypes": fix_dtypes,
-}
+REGISTRY: dict[str, PassFn] = {fn.__name__: fn for fn in (
+    drop_shape_guards,
+    fold_constant_reads,
+    scalar_reads_as_tensors,
+    generalize_batch,
+    max_pool_1d_as_2d,
+    drop_noop_squeezes,
+    exact_nearest_resize,
+    explicit_reduce_dims,
+    fold_attention_dims,
+    canonicalize_flatten,
+    relax_views,
+    fix_dtypes,
+)}
 
 # Without these the artifact would not serve the sizes it claims; they always run.
-REQUIRED = ("drop_shape_guards", "fold_constant_reads", "scalar_reads_as_tensors", "generalize_batch")
+REQUIRED = tuple(name for name, fn in REGISTRY.items() if contract_of(fn).always_runs)
 
 
 def pass_name(p: str | Callable) -> str:
@@ -50,7 +54,8 @@ def pass_name(p: str | Callable) -> str:
 
 
 def resolve(passes: Sequence[str | Callable] | None) -> list[tuple[str, PassFn]]:
-    """Names and callables in run order; required passes are added in front if missing."""
+    """Names and callables in run order; required passes are added in front if missing. A pass
+    whose declared requirement is missing or comes after it is a ConfigError naming both."""
     if passes is None:
         return list(REGISTRY.items())
     chosen: list[tuple[str, PassFn]] = []
@@ -62,44 +67,27 @@ def resolve(passes: Sequence[str | Callable] | None) -> list[tuple[str, PassFn]]
         else:
             chosen.append((pass_name(p), p))
     names = [n for n, _ in chosen]
-    missing = [(n, REGISTRY[n]) for n in REQUIRED if n not in names]
-    return missing + chosen
+    pipeline = [(n, REGISTRY[n]) for n in REQUIRED if n not in names] + chosen
+    check_order(pipeline)
+    return pipeline
 
 
-# Called after each pass with (index, name, code before the pass, result); may raise to stop the run.
-PassObserver = Callable[[int, str, str, PassResult], None]
-
-
-def run_passes(
-    gm: torch.fx.GraphModule,
-    ctx: PassContext,
-    pipeline: Sequence[tuple[str, PassFn]],
-    observer: PassObserver | None = None,
-) -> tuple[torch.fx.GraphModule, list[PassRecord]]:
-    """Run ``pipeline`` in order; a failure names the pass and the passes that ran before it."""
-    records: list[PassRecord] = []
-    for index, (name, fn) in enumerate(pipeline):
-        before = gm.code if observer else ""
-        start = time.perf_counter()
-        try:
-            result = fn(gm, ctx)
-            inside = run_in_subgraphs(name, fn, result.gm, ctx) if isinstance(result, PassResult) else None
-        except FxtrtError:
-            raise
-        except Exception as exc:
-            raise PassError(
-                f"pass {name} failed: {type(exc).__name__}: {exc}",
-                hint="passes that ran before it: " + (", ".join(r.name for r in records) or "none"),
-            ) from exc
-        if not isinstance(result, PassResult):
-            raise PassError(f"pass {name} returned {type(result).__name__}, not a PassResult",
-                            hint="a pass is fn(gm, ctx) -> PassResult(gm, changes)")
-        gm = result.gm
-        changes, notes = inside if inside else ([], [])
-        records.append(PassRecord(name, list(result.changes) + changes, time.perf_counter() - start, notes))
-        if observer:
-            observer(index, name, before, result)
-    return gm, records
+def insert_pass(pass_fn: PassFn, *, index: int | None = None, before: str | None = None, after: str | None = None,
+                passes: Sequence[str | Callable] | None = None) -> tuple[str | Callable, ...]:
+    """``passes`` (default: the registry's order) with ``pass_fn`` inserted at ``index`` (as
+    ``list.insert``), or just before / after the pass named ``before`` / ``after``; give one.
+    Nothing global changes: hand the result to ``compile(passes=...)`` or ``explain(passes=...)``."""
+    order: list[str | Callable] = list(REGISTRY) if passes is None else list(passes)
+    if sum(x is not None for x in (index, before, after)) != 1:
+        raise ConfigError("insert_pass: give exactly one of index=, before= or after=")
+    if index is None:
+        anchor = before if before is not None else after
+        names = [pass_name(p) for p in order]
+        if anchor not in names:
+            raise ConfigError(f"insert_pass: no pass named {anchor!r} in the pipeline", hint=f"passes: {', '.join(names)}")
+        index = names.index(anchor) + (after is not None)
+    order.insert(index, pass_fn)
+    return tuple(order)
 
 
 def describe() -> list[tuple[str, str]]:
@@ -113,6 +101,7 @@ def describe() -> list[tuple[str, str]]:
 
 
 __all__ = [
-    "REGISTRY", "REQUIRED", "Change", "PassContext", "PassObserver", "PassRecord", "PassResult",
-    "describe", "pass_name", "resolve", "run_passes",
+    "REGISTRY", "REQUIRED", "Change", "PassContext", "PassContract", "PassEvent", "PassManager", "PassObserver",
+    "PassRecord", "PassResult", "PipelineRun", "check_order", "contract_of", "describe", "graph_pass", "insert_pass",
+    "order_problem", "pass_name", "resolve", "run_passes",
 ]

@@ -28,9 +28,10 @@ def _is_plain_slice(node: torch.fx.Node) -> bool:
         isinstance(args[1] if args[1] is not None else 0, int)
 
 
-def align_noop_slices(traces: Sequence[Sequence[torch.fx.Node]]) -> int:
+def align_noop_slices(traces: Sequence[Sequence[torch.fx.Node]], dry_run: bool = False) -> int:
     """Rewrite, in place, each ``alias`` that sits where another trace has a plain slice as that
-    full slice; the number rewritten. ``traces``: each trace's compute nodes, in order."""
+    full slice; the number rewritten (with ``dry_run``, the number it would rewrite, touching
+    nothing: the caller copies the traces first). ``traces``: each trace's compute nodes, in order."""
     rewritten = 0
     for column in zip(*traces):
         targets = {n.target for n in column if n.op == "call_function"}
@@ -47,11 +48,13 @@ def align_noop_slices(traces: Sequence[Sequence[torch.fx.Node]]) -> int:
             val = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
             if not isinstance(val, torch.Tensor) or not isinstance(val.shape[dim], int):
                 continue
+            rewritten += 1
+            if dry_run:
+                continue
             graph = node.graph
             with graph.inserting_after(node):
                 full = graph.call_function(aten.slice.Tensor, (source, dim, 0, int(val.shape[dim])))
             full.meta = dict(node.meta)
             node.replace_all_uses_with(full)
             graph.erase_node(node)
-            rewritten += 1
     return rewritten

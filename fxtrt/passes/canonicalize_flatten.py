@@ -21,11 +21,11 @@ import torch
 import torch.fx
 
 from fxtrt.frontend.capture import dynamic_axes, static_size
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+from fxtrt.graph import RESHAPES
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
 
-RESHAPES = frozenset({aten.view.default, aten.reshape.default, aten._unsafe_view.default})
 
 
 def traced_shapes(node: torch.fx.Node) -> list[tuple[Any, ...]] | None:
@@ -45,6 +45,7 @@ def dynamic_positions(node: torch.fx.Node) -> list[int] | None:
     return None if shapes is None else dynamic_axes(shapes)
 
 
+@graph_pass(requires=("generalize_batch",), reads_meta=("fxtrt_shapes",), finding="shape-chain")
 def canonicalize_flatten(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     changes = []
     for node in gm.graph.nodes:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
 SQUEEZES = frozenset({aten.squeeze.dim, aten.squeeze.dims})
@@ -39,6 +39,7 @@ def _never_one(size: object, static_known: bool) -> bool:
     return False
 
 
+@graph_pass(requires=("generalize_batch",))
 def drop_noop_squeezes(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     static_known = ctx.captured.symbolic
     changes = []

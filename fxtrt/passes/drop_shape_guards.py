@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
 
@@ -50,6 +50,7 @@ def guard_nodes(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
     return found
 
 
+@graph_pass(always_runs=True)
 def drop_shape_guards(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """Remove every export-time assertion node and the computations that feed only them."""
     doomed = guard_nodes(gm)

@@ -18,12 +18,13 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change, fake_value
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, fake_value, graph_pass
 
 aten = torch.ops.aten
 NEAREST = {aten.upsample_nearest1d.vec: 1, aten.upsample_nearest2d.vec: 2, aten.upsample_nearest3d.vec: 3}
 
 
+@graph_pass(requires=("generalize_batch",))
 def exact_nearest_resize(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     changes = []
     graph = gm.graph

@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
 REDUCTIONS = frozenset({aten.amax.default, aten.amin.default})
 
 
+@graph_pass(requires=("generalize_batch",))
 def explicit_reduce_dims(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     changes = []
     for node in gm.graph.nodes:

@@ -16,7 +16,7 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
 
@@ -36,6 +36,7 @@ def _val(node: torch.fx.Node):
     return v if isinstance(v, torch.Tensor) else None
 
 
+@graph_pass(finding="dtype")
 def fix_dtypes(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     changes = []
     for node in list(gm.graph.nodes):

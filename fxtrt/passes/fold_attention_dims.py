@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change, fake_value
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, fake_value, graph_pass
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -35,6 +35,7 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
+@graph_pass(requires=("generalize_batch",))
 def fold_attention_dims(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     changes = []
     graph = gm.graph

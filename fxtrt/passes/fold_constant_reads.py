@@ -19,11 +19,11 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
-from fxtrt.passes.infra import PassContext, PassResult, change, fmt
+from fxtrt.graph import SCALAR_READS
+from fxtrt.passes.infra import PassContext, PassResult, change, fmt, graph_pass
 
 aten = torch.ops.aten
 
-READS = frozenset({aten._local_scalar_dense.default, aten.item.default})
 # Scalar arithmetic on a folded number folds too (``stride * 0.5``, ``int(stride)``).
 _SCALAR_OPS = frozenset({
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod,
@@ -76,12 +76,13 @@ def _replace_with_value(node: torch.fx.Node, value: object) -> None:
         user.kwargs = pytree.tree_map(lambda a: value if a is node else a, user.kwargs)
 
 
+@graph_pass(always_runs=True, finding="constant-read")
 def fold_constant_reads(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """Replace each read of a constant tensor's value (and scalar math on it) with the number."""
     changes = []
     const = _constant_inputs(gm)
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in READS or node not in const:
+        if node.op != "call_function" or node.target not in SCALAR_READS or node not in const:
             continue
         value = _evaluate(gm, node, const)
         changes.append(change(node, f"{fmt(node.args[0])}.item()", repr(value),

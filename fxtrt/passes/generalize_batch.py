@@ -20,25 +20,27 @@ one size.
 """
 from __future__ import annotations
 
-import operator
-from fractions import Fraction
-from typing import Any, Callable, Sequence
+import copy
+import dataclasses
+from typing import Any, Sequence
 
 import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
 from fxtrt.errors import GeneralizationError, StructureError
+from fxtrt.frontend.capture import Capture, CapturedGraph
 from fxtrt.frontend.source import source_of
-from fxtrt.passes.affine import Expr, fit
+from fxtrt.graph import SCALAR_READS
+from fxtrt.passes.affine import fit  # noqa: F401  (fit is part of this pass's API: tests fit directly)
 from fxtrt.passes.align_traces import align_noop_slices
 from fxtrt.passes.drop_shape_guards import guard_nodes
-from fxtrt.passes.infra import Change, PassContext, PassResult, call_text, change, fmt
-from fxtrt.settings import DynamicDim
+from fxtrt.passes.infra import Change, PassContext, PassResult, call_text, change, graph_pass
+from fxtrt.passes.size_expressions import (SPLITS, LiteralFitter, SizeBuilder, explicit_split, generalize_constant,
+                                           node_shape, operand_sites, pieces_vary)
 
 aten = torch.ops.aten
 
-VALUE_DEPENDENT = frozenset({aten._local_scalar_dense.default, aten.item.default})
 
 
 def _leaf_key(value: Any, index: dict[torch.fx.Node, int]) -> Any:
@@ -52,96 +54,10 @@ def _leaf_key(value: Any, index: dict[torch.fx.Node, int]) -> Any:
     return ("const", repr(value))
 
 
-def _shape(node: torch.fx.Node) -> tuple[Any, ...] | None:
-    """The traced shape: ints, and SymInts for the dims that stayed symbolic."""
-    v = node.meta.get("val")
-    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
-
-
 def _ops(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
     """The nodes that compute something: what two traces must agree on."""
     guards = guard_nodes(gm)
     return [n for n in gm.graph.nodes if n not in guards]
-
-
-class _Builder:
-    """Creates size expressions as graph nodes, once each, right after the placeholders."""
-
-    def __init__(self, gm: torch.fx.GraphModule, dims: Sequence[DynamicDim],
-                 operand_sites: dict[str, tuple[int, int]] | None = None) -> None:
-        self.gm = gm
-        # In a subgraph of a higher-order op the placeholders are its operands, not the model's
-        # inputs: a dim is read off the operand axis that has its size in every trace.
-        self.operand_sites = operand_sites
-        self.graph = gm.graph
-        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
-        self.anchor = placeholders[-1]
-        self.syms: dict[str, torch.fx.Node] = {}
-        self.cache: dict[Any, torch.fx.Node] = {}
-        self.dims = {d.name: d for d in dims}
-        self.placeholders = placeholders
-
-    def call(self, target: Callable, args: tuple) -> torch.fx.Node:
-        with self.graph.inserting_after(self.anchor):
-            node = self.graph.call_function(target, args)
-        self.anchor = node
-        return node
-
-
-    def get_attr(self, name: str) -> torch.fx.Node:
-        with self.graph.inserting_after(self.anchor):
-            node = self.graph.get_attr(name)
-        self.anchor = node
-        return node
-
-    def sym(self, name: str) -> torch.fx.Node:
-        if name not in self.syms:
-            if self.operand_sites is None:
-                i, axis = self.dims[name].sites[0]
-            elif name in self.operand_sites:
-                i, axis = self.operand_sites[name]
-            else:
-                raise NotImplementedError(f"a size in it follows the baked dim '{name}', and no operand of the "
-                                          f"subgraph has '{name}' as a dim to read it from")
-            node = self.call(aten.sym_size.int, (self.placeholders[i], axis))
-            node.meta["fxtrt_dim"] = name
-            node.meta["fxtrt_expr"] = name
-            self.syms[name] = node
-        return self.syms[name]
-
-    def expr(self, e: Expr) -> Any:
-        """A node (or int) computing the integral expression ``e``."""
-        key = e.terms
-        if key in self.cache:
-            return self.cache[key]
-        total: Any = None
-        const = 0
-        for dims, c in e.terms:
-            if c == 0:
-                continue
-            if not dims:
-                const = int(c)
-                continue
-            term: Any = self.sym(dims[0])
-            for d in dims[1:]:
-                term = self.call(operator.mul, (term, self.sym(d)))
-            if c != 1:
-                term = self.call(operator.mul, (term, int(c)))
-            total = term if total is None else self.call(operator.add, (total, term))
-        if total is None:
-            return const
-        if const:
-            total = self.call(operator.add, (total, const))
-        total.meta["fxtrt_expr"] = str(e)
-        self.cache[key] = total
-        return total
-
-    def inverse(self, numerator: float, dim: str) -> torch.fx.Node:
-        key = ("inv", numerator, dim)
-        if key not in self.cache:
-            self.cache[key] = self.call(operator.truediv, (numerator, self.sym(dim)))
-            self.cache[key].meta["fxtrt_expr"] = f"{numerator!r}/{dim}"
-        return self.cache[key]
 
 
 def _n_outputs(gm: torch.fx.GraphModule) -> int:
@@ -184,266 +100,143 @@ def _dim_word(a: dict[str, int], b: dict[str, int]) -> str:
 
 def value_dependent_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
     """Nodes that turn tensor contents into Python numbers (``.item()``, ``.tolist()``)."""
-    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in VALUE_DEPENDENT]
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in SCALAR_READS]
 
 
+
+def value_reads(gm: torch.fx.GraphModule, ctx: PassContext) -> list[GeneralizationError]:
+    """The precondition: a value read from tensor contents makes the graph depend on values no
+    size expression can stand for; one error per read (compile raises the first)."""
+    if not ctx.settings.dims:
+        return []
+    return [GeneralizationError(
+        "a size or value is read from tensor contents (.item() / .tolist()), "
+        "so the graph depends on values fxtrt cannot make symbolic",
+        node=node.name, source=source_of(node),
+        hint="keep the computation in tensors (e.g. torch.where, masks) instead of Python numbers",
+    ) for node in value_dependent_nodes(gm)]
+
+
+@graph_pass(always_runs=True, generalizes=True,
+            requires=("drop_shape_guards", "fold_constant_reads", "scalar_reads_as_tensors"),
+            provides_meta=("fxtrt_shapes", "fxtrt_expr", "fxtrt_dim"),
+            precondition=value_reads, precondition_finding="value-dependent", finding="baked-size")
 def generalize_batch(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-    """Replace size-following literals in ``gm`` (the base trace) with symbolic size expressions."""
-    found = value_dependent_nodes(gm) if ctx.settings.dims else []
-    if found:
-        node = found[0]
-        raise GeneralizationError(
-            "a size or value is read from tensor contents (.item() / .tolist()), "
-            "so the graph depends on values fxtrt cannot make symbolic",
-            node=node.name, source=source_of(node),
-            hint="keep the computation in tensors (e.g. torch.where, masks) instead of Python numbers",
-        )
-    return rewrite_size_literals(gm, ctx)
+    """Replace size-following literals in ``gm`` (the base trace) with symbolic size expressions.
 
-
-def rewrite_size_literals(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-    """The rewrite itself, without the value-dependence check (``explain`` reports both)."""
+    It needs the export-time guards gone from ``gm`` (its trace would keep asserting the traced
+    sizes) and reads of constants and scalar inputs folded first (else it refuses them), hence its
+    ``requires``. The other traces it aligns with ``gm`` are copies, returned in ``captured``.
+    """
     baked = ctx.captured.baked
     caps = ctx.captured.captures
     if not baked or len(caps) < 2:
         return PassResult(gm, [])
-    dims = [d for d in ctx.settings.dims if d.name in baked]
-    traces = caps + ctx.captured.checks  # fitted on caps, checked on the rest
-
-    if align_noop_slices([_ops(gm)] + [_ops(c.gm) for c in traces[1:]]):
-        for g in [gm] + [c.gm for c in traces[1:]]:
-            g.recompile()
+    others, learned = _aligned_traces(gm, ctx.captured)
+    traces = [caps[0], *others]  # fitted on the captures, checked on the rest
     base_ops = _ops(gm)
-    others = [_ops(c.gm) for c in traces[1:]]
-    for i, ops in enumerate(others, start=1):
+    peer_ops = [_ops(c.gm) for c in others]
+    for i, ops in enumerate(peer_ops, start=1):
         if len(ops) != len(base_ops) or any(x.op != y.op or x.target != y.target for x, y in zip(base_ops, ops)):
             raise _structure_error(traces, i)
 
     fit_points = [{n: c.sizes[n] for n in baked} for c in caps]
-    check_points = [{n: c.sizes[n] for n in baked} for c in ctx.captured.checks]
-    sites = None if ctx.subgraph is None else _operand_sites(traces, baked, fit_points + check_points)
-    fitter = _Fitter(baked, fit_points, check_points, _Builder(gm, dims, sites))
-    changes: list[Change] = []
-    base_index = {n: i for i, n in enumerate(base_ops)}
-    peer_index = [{n: i for i, n in enumerate(ops)} for ops in others]
+    check_points = [{n: c.sizes[n] for n in baked} for c in others[len(caps) - 1:]]
+    sites = None if ctx.subgraph is None else operand_sites(traces, baked, fit_points + check_points)
+    dims = [d for d in ctx.settings.dims if d.name in baked]
+    fitter = LiteralFitter(baked, fit_points, check_points, SizeBuilder(gm, dims, sites))
+    changes = _rewrite(gm, base_ops, peer_ops, len(caps), fitter)
+    gm.graph.lint()
+    gm.recompile()
+    return PassResult(gm, changes, captured=learned)
 
-    # Compare everything first, rewrite after: rewrites must not disturb the alignment.
+
+def _aligned_traces(gm: torch.fx.GraphModule, captured: CapturedGraph) -> tuple[list[Capture], CapturedGraph | None]:
+    """The other traces (captures, then checks) aligned node by node with ``gm``. Where aligning
+    rewrites one, it rewrites a copy, so ``captured`` stays as the frontend left it; the captured
+    graph holding the copies is returned (None when nothing needed aligning)."""
+    others = captured.captures[1:] + captured.checks
+    if not align_noop_slices([_ops(gm)] + [_ops(c.gm) for c in others], dry_run=True):
+        return others, None
+    others = [dataclasses.replace(c, gm=_graph_copy(c.gm)) for c in others]
+    align_noop_slices([_ops(gm)] + [_ops(c.gm) for c in others])
+    for g in [gm] + [c.gm for c in others]:
+        g.recompile()
+    n = len(captured.captures) - 1
+    return others, dataclasses.replace(captured, captures=[captured.captures[0], *others[:n]], checks=others[n:])
+
+
+def _graph_copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A GraphModule with a copy of ``gm``'s graph (node metadata kept) over the same weights."""
+    return torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+
+
+def _rewrite(gm: torch.fx.GraphModule, base_ops: list[torch.fx.Node], peer_ops: list[list[torch.fx.Node]],
+             n_caps: int, fitter: LiteralFitter) -> list[Change]:
+    """Compare every node with its peers first, rewrite after: rewrites must not disturb the alignment."""
+    base_index = {n: i for i, n in enumerate(base_ops)}
+    peer_index = [{n: i for i, n in enumerate(ops)} for ops in peer_ops]
     rewrites: list[tuple[torch.fx.Node, list[Any], Any]] = []
     splits: list[tuple[torch.fx.Node, list[torch.fx.Node]]] = []
     constants: list[tuple[torch.fx.Node, list[torch.fx.Node]]] = []
     for j, node in enumerate(base_ops):
-        peers = [ops[j] for ops in others]
-        node.meta["fxtrt_shapes"] = [_shape(n) for n in (node, *peers[: len(caps) - 1])]
+        peers = [ops[j] for ops in peer_ops]
+        node.meta["fxtrt_shapes"] = [node_shape(n) for n in (node, *peers[: n_caps - 1])]
         if node.op == "get_attr":
             constants.append((node, peers))
-            continue
-        if node.op != "call_function":
-            continue
-        leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
-        keys = [_leaf_key(x, base_index) for x in leaves]
-        peer_leaves = []
-        for p, index in zip(peers, peer_index):
-            pl, pspec = pytree.tree_flatten((p.args, p.kwargs))
-            if pspec != spec or [_leaf_key(x, index) for x in pl] != keys:
-                raise GeneralizationError(
-                    f"node {node.name} takes differently shaped arguments at different sizes: "
-                    f"{call_text(node)} vs {call_text(p)}",
-                    node=node.name, source=source_of(node),
-                    hint="the model builds an argument list whose length follows the batch",
-                )
-            peer_leaves.append(pl)
-        if node.target in SPLITS and _pieces_vary(node, peers):
+        elif node.op == "call_function" and node.target in SPLITS and pieces_vary(node, peers):
+            _peer_leaves(node, peers, base_index, peer_index)
             splits.append((node, peers))
-            continue
-        new_leaves = list(leaves)
-        touched = False
-        for k, value in enumerate(leaves):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            values = [value] + [pl[k] for pl in peer_leaves]
-            if all(v == value for v in values):
-                continue
-            new_leaves[k] = fitter.symbolic(node, values)
-            touched = True
-        if touched:
-            rewrites.append((node, new_leaves, spec))
+        elif node.op == "call_function":
+            planned = _symbolic_leaves(node, peers, base_index, peer_index, fitter)
+            if planned is not None:
+                rewrites.append((node, *planned))
 
+    changes: list[Change] = []
     for node, new_leaves, spec in rewrites:
         before = call_text(node)
         node.args, node.kwargs = pytree.tree_unflatten(new_leaves, spec)
         changes.append(change(node, before, call_text(node), "size-following literal made symbolic"))
     for node, peers in splits:
-        changes.append(_explicit_split(node, peers, fitter))
+        changes.append(explicit_split(node, peers, fitter))
     for node, peers in constants:
-        _generalize_constant(gm, node, peers, fitter, changes)
-
-    gm.graph.lint()
-    gm.recompile()
-    return PassResult(gm, changes)
+        generalize_constant(gm, node, peers, fitter, changes)
+    return changes
 
 
-def _operand_sites(traces: Sequence[Any], names: Sequence[str],
-                   points: Sequence[dict[str, int]]) -> dict[str, tuple[int, int]]:
-    """For a subgraph: per baked dim, the first (operand, axis) whose size is the dim's size in
-    every trace (fitted and checked), as ``sites`` are for the model's inputs."""
-    operands = [[n for n in t.gm.graph.nodes if n.op == "placeholder"] for t in traces]
-    sites: dict[str, tuple[int, int]] = {}
-    for name in names:
-        for i in range(len(operands[0])):
-            shapes = [_shape(ops[i]) if i < len(ops) else None for ops in operands]
-            if any(s is None or len(s) != len(shapes[0]) for s in shapes):
-                continue
-            axis = next((a for a in range(len(shapes[0]))
-                         if all(isinstance(s[a], int) and s[a] == p[name] for s, p in zip(shapes, points))), None)
-            if axis is not None:
-                sites[name] = (i, axis)
-                break
-    return sites
+def _peer_leaves(node: torch.fx.Node, peers: Sequence[torch.fx.Node], base_index: dict[torch.fx.Node, int],
+                 peer_index: Sequence[dict[torch.fx.Node, int]]) -> tuple[list[Any], Any, list[list[Any]]]:
+    """``node``'s argument leaves and spec, and each peer's leaves, which must line up with them."""
+    leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
+    keys = [_leaf_key(x, base_index) for x in leaves]
+    peer_leaves = []
+    for p, index in zip(peers, peer_index):
+        pl, pspec = pytree.tree_flatten((p.args, p.kwargs))
+        if pspec != spec or [_leaf_key(x, index) for x in pl] != keys:
+            raise GeneralizationError(
+                f"node {node.name} takes differently shaped arguments at different sizes: "
+                f"{call_text(node)} vs {call_text(p)}",
+                node=node.name, source=source_of(node),
+                hint="the model builds an argument list whose length follows the batch",
+            )
+        peer_leaves.append(pl)
+    return leaves, spec, peer_leaves
 
 
-SPLITS = frozenset({aten.chunk.default, aten.split.Tensor})
-
-
-def _pieces(node: torch.fx.Node) -> list[tuple[Any, ...]] | None:
-    val = node.meta.get("val")
-    if not isinstance(val, (list, tuple)) or not all(isinstance(v, torch.Tensor) for v in val):
-        return None
-    return [tuple(v.shape) for v in val]
-
-
-def _pieces_vary(node: torch.fx.Node, peers: Sequence[torch.fx.Node]) -> bool:
-    mine = _pieces(node)
-    return mine is not None and any(_pieces(p) != mine for p in peers)
-
-
-def _explicit_split(node: torch.fx.Node, peers: Sequence[torch.fx.Node], fitter: "_Fitter") -> Change:
-    """``chunk(x, 2)`` / ``split(x, B)`` along a baked dim -> ``split_with_sizes(x, [B, B])``."""
-    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-    all_pieces = [_pieces(n) for n in (node, *peers)]
-    if any(p is None or len(p) != len(all_pieces[0]) for p in all_pieces):
-        raise GeneralizationError(
-            f"{call_text(node)} splits a dynamic dim into a number of pieces that follows the size",
-            node=node.name, source=source_of(node),
-            hint="split into a fixed number of pieces (torch.chunk(x, n)) or keep that dim static",
-        )
-    axis = dim % len(all_pieces[0][0])
-    sizes = []
-    for k in range(len(all_pieces[0])):
-        values = [pieces[k][axis] for pieces in all_pieces]
-        sizes.append(values[0] if all(v == values[0] for v in values) else fitter.symbolic(node, values))
-    before = call_text(node)
-    node.target = aten.split_with_sizes.default
-    node.args = (node.args[0], sizes, dim)
-    node.kwargs = {}
-    return change(node, before, call_text(node), "split along a baked dim with explicit symbolic sizes")
-
-
-class _Fitter:
-    """Fits a literal's values at the fit traces and checks the expression at the check traces."""
-
-    def __init__(self, names: Sequence[str], points: Sequence[dict[str, int]], checks: Sequence[dict[str, int]],
-                 builder: _Builder) -> None:
-        self.names, self.points, self.checks, self.builder = list(names), list(points), list(checks), builder
-
-    def symbolic(self, node: torch.fx.Node, values: Sequence[Any]) -> Any:
-        """A node (or number) computing the literal at every size, checked at the check traces."""
-        fit_values, check_values = list(values[: len(self.points)]), list(values[len(self.points):])
-        if all(isinstance(v, int) for v in values):
-            e = fit(self.names, self.points, fit_values)
-            if e is not None and e.is_integral:
-                self.check(node, e, check_values)
-                return self.builder.expr(e)
-        # A float that is c / size (a mean over the batch computed in Python).
-        for name in self.names:
-            prods = [v * p[name] for v, p in zip(values, self.points + self.checks)]
-            if all(abs(x - prods[0]) <= 1e-9 * max(1.0, abs(prods[0])) for x in prods):
-                return self.builder.inverse(float(prods[0]), name)
-        e = fit(self.names, self.points, [Fraction(v).limit_denominator(10**6) for v in fit_values])
-        if e is not None and e.is_integral:
-            self.check(node, e, check_values)
-            return self.builder.expr(e)
-        raise self._error(node, values)
-
-    def check(self, node: torch.fx.Node, e: Expr, values: Sequence[Any]) -> None:
-        """``e`` must give the literal at every check trace, sizes it was not fitted on."""
-        for point, value in zip(self.checks, values):
-            if e.at(point) != Fraction(value).limit_denominator(10**6):
-                raise self._error(node, None, f": {e} fits the traces, but at {point} the value is {value!r}, "
-                                              f"not {e.at(point)}; it follows the size non-affinely")
-
-    def _error(self, node: torch.fx.Node, values: Sequence[Any] | None, detail: str = "") -> GeneralizationError:
-        shown = ""
-        if values is not None:
-            shown = " (" + ", ".join(f"{v!r} at {p}" for v, p in zip(values, self.points + self.checks)) + ")"
-        return GeneralizationError(
-            f"a literal in {node.name} follows the input size in a way fxtrt cannot express{shown}{detail}",
-            node=node.name, source=source_of(node),
-            hint="compute this value with tensor ops on x.shape (torch.export then keeps it symbolic), "
-                 "or make that dim static",
-        )
-
-
-def _generalize_constant(gm, node, peers, fitter: "_Fitter", changes: list[Change]) -> None:
-    """A constant tensor whose length follows a size: rebuild it from a slice, or fail loudly."""
-    value = _get_attr(gm, node.target) if _has_attr(gm, node.target) else None
-    if not isinstance(value, torch.Tensor):
-        return
-    peer_values = [_get_attr(p.graph.owning_module, p.target) for p in peers]
-    if all(isinstance(v, torch.Tensor) and v.shape == value.shape and torch.equal(v, value) for v in peer_values):
-        return
-    shapes = [tuple(value.shape)] + [tuple(v.shape) for v in peer_values]
-    if len({len(s) for s in shapes}) != 1:
-        raise GeneralizationError(f"constant {node.target} changes rank with the input size",
-                                  node=node.name, source=_first_user_source(node))
-    varying = [d for d in range(value.dim()) if len({s[d] for s in shapes}) > 1]
-    if len(varying) == 1:
-        first = value.narrow(varying[0], 0, 1)
-        repeated = all(
-            torch.equal(v, v.narrow(varying[0], 0, 1).expand_as(v)) and torch.equal(v.narrow(varying[0], 0, 1), first)
-            for v in [value, *peer_values]
-        )
-        if repeated:
-            d = varying[0]
-            builder = fitter.builder
-            size_expr = fit(fitter.names, fitter.points, [s[d] for s in shapes[: len(fitter.points)]])
-            if size_expr is not None and size_expr.is_integral:
-                fitter.check(node, size_expr, [s[d] for s in shapes[len(fitter.points):]])
-                slice_name = f"{node.target.replace('.', '_')}_row"
-                gm.register_buffer(slice_name, first.clone(), persistent=False)
-                sizes = list(value.shape)
-                sizes[d] = builder.expr(size_expr)
-                row = builder.get_attr(slice_name)
-                expanded = builder.call(aten.expand.default, (row, sizes))
-                node.replace_all_uses_with(expanded)
-                gm.graph.erase_node(node)
-                expanded.meta = dict(node.meta)
-                changes.append(change(node, f"constant {node.target} of shape {list(value.shape)}",
-                                      f"expand({slice_name}, {fmt(sizes)})",
-                                      "constant whose length follows the size rebuilt from one slice"))
-                return
-    raise GeneralizationError(
-        f"constant tensor {node.target} (shape {list(value.shape)}) holds values that change with the input size",
-        node=node.name, source=_first_user_source(node),
-        hint="build it with tensor ops (torch.arange, expand) from x.shape instead of from a Python list",
-    )
-
-
-def _first_user_source(node: torch.fx.Node) -> str | None:
-    return source_of(node) or next((source_of(u) for u in node.users if source_of(u)), None)
-
-
-def _has_attr(gm: torch.nn.Module, target: Any) -> bool:
-    if not isinstance(target, str):
-        return False
-    try:
-        _get_attr(gm, target)
-        return True
-    except AttributeError:
-        return False
-
-
-def _get_attr(gm: torch.nn.Module, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _symbolic_leaves(node: torch.fx.Node, peers: Sequence[torch.fx.Node], base_index: dict[torch.fx.Node, int],
+                     peer_index: Sequence[dict[torch.fx.Node, int]],
+                     fitter: LiteralFitter) -> tuple[list[Any], Any] | None:
+    """``node``'s argument leaves with each number that differs between the traces fitted to a
+    size expression, and their spec; None when no number differs."""
+    leaves, spec, peer_leaves = _peer_leaves(node, peers, base_index, peer_index)
+    new_leaves = list(leaves)
+    touched = False
+    for k, value in enumerate(leaves):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        values = [value] + [pl[k] for pl in peer_leaves]
+        if all(v == value for v in values):
+            continue
+        new_leaves[k] = fitter.symbolic(node, values)
+        touched = True
+    return (new_leaves, spec) if touched else None

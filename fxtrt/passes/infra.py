@@ -1,16 +1,25 @@
-"""The pass protocol: ``pass(gm, ctx) -> PassResult``.
+"""The pass protocol: ``pass(gm, ctx) -> PassResult``, and the contract a pass declares.
 
 A pass is a function (or a small callable class) that rewrites a GraphModule in place and says
 what it changed. ``PassResult.changes`` feeds the report and the debug dumps; "modified" is just
-``bool(changes)``. A pass never reads global state and never prints.
+``bool(changes)``. A pass never reads global state and never prints. What it learns beyond the
+graph (the other traces it aligned) goes in its result, never into the frozen ``PassContext``.
+
+``@graph_pass(...)`` writes down what a pass needs and provides (onnx_ir's requires / ensures,
+torch.fx's pass constraints), so no order between passes rests on an unwritten agreement; the
+manager (``fxtrt.passes.manager``) checks it::
+
+    @graph_pass(requires=("generalize_batch",), reads_meta=("fxtrt_shapes",), finding="shape-chain")
+    def canonicalize_flatten(gm, ctx): ...
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch.fx
 
+from fxtrt.errors import FxtrtError
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.frontend.source import source_of
 from fxtrt.settings import Settings
@@ -33,8 +42,12 @@ class Change:
 
 @dataclass
 class PassResult:
+    """The rewritten graph, what changed, and (when the pass learned it) the captured graph as the
+    pass leaves it, for the passes after it: the manager threads it into their context."""
+
     gm: torch.fx.GraphModule
     changes: list[Change] = field(default_factory=list)
+    captured: CapturedGraph | None = None
 
     @property
     def modified(self) -> bool:
@@ -49,6 +62,7 @@ class PassRecord:
     changes: list[Change]
     seconds: float
     notes: list[str] = field(default_factory=list)  # subgraphs the pass left as captured, and why
+    generalizes: bool = False  # the pass's declared contract: its changes are the trace-diff rewrites
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "modified": bool(self.changes), "seconds": round(self.seconds, 4),
@@ -58,9 +72,10 @@ class PassRecord:
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class PassContext:
-    """What passes may read: the frozen settings and what the frontend learned."""
+    """What passes may read: the frozen settings and what the frontend learned. Read-only: a pass
+    that learns something returns it in its ``PassResult``."""
 
     settings: Settings
     captured: CapturedGraph
@@ -68,11 +83,58 @@ class PassContext:
     # graph: a subgraph's placeholders are its operands, not the model's inputs.
     subgraph: str | None = None
 
+PassFn = Callable[[torch.fx.GraphModule, PassContext], PassResult]
+# Every node, input or value a pass refuses to rewrite, as the errors compile raises (the first).
+Precondition = Callable[[torch.fx.GraphModule, PassContext], Sequence[FxtrtError]]
 
-class GraphPass(Protocol):
-    __name__: str
 
-    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult: ...
+@dataclass(frozen=True)
+class PassContract:
+    """What a pass needs and provides; the manager checks it before and after the pass runs.
+
+    ``requires``: passes that must have run before it (by registry name).
+    ``reads_meta`` / ``provides_meta``: ``node.meta`` keys it reads that an earlier pass writes,
+    and the keys it writes for later passes.
+    ``in_place``: True, it returns the GraphModule it was given; False, it leaves it untouched;
+    None, not declared (a plain user function), not checked.
+    ``always_runs``: the artifact would not serve its sizes without it (added when not listed).
+    ``generalizes``: after it the graph serves sizes no trace used (the debug check then also
+    runs at such a size; its changes are the report's trace-diff rewrites).
+    ``precondition``: every reason it refuses the graph (onnx_ir's ``requires()``); compile
+    raises the first, explain lists them all as ``precondition_finding``.
+    ``finding``: the kind of hazard its changes and failures are in ``fxtrt explain``.
+    """
+
+    requires: tuple[str, ...] = ()
+    reads_meta: tuple[str, ...] = ()
+    provides_meta: tuple[str, ...] = ()
+    in_place: bool | None = True
+    always_runs: bool = False
+    generalizes: bool = False
+    precondition: Precondition | None = None
+    precondition_finding: str | None = None
+    finding: str | None = None
+
+
+UNDECLARED = PassContract(in_place=None)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def graph_pass(**contract: Any) -> Callable[[_F], _F]:
+    """Declare a pass's contract (the fields of ``PassContract``); the function is left as it is,
+    so it can still be called directly."""
+    declared = PassContract(**contract)
+
+    def mark(fn: _F) -> _F:
+        fn.contract = declared  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def contract_of(fn: Callable[..., Any]) -> PassContract:
+    """The contract ``fn`` declared with ``@graph_pass``, or one that promises nothing."""
+    declared = getattr(fn, "contract", None)
+    return declared if isinstance(declared, PassContract) else UNDECLARED
 
 
 def change(node: torch.fx.Node, before: str, after: str, note: str = "") -> Change:
@@ -113,6 +175,3 @@ def call_text(node: torch.fx.Node) -> str:
     target = getattr(node.target, "__name__", str(node.target))
     args = ", ".join([fmt(a) for a in node.args] + [f"{k}={fmt(v)}" for k, v in node.kwargs.items()])
     return f"{target}({args})"
-
-
-PassFn = Callable[[torch.fx.GraphModule, PassContext], PassResult]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
 
@@ -28,6 +28,7 @@ def _one(value: object, default: int) -> int:
     return default if value is None else int(value)  # type: ignore[arg-type]
 
 
+@graph_pass(requires=("generalize_batch",))
 def max_pool_1d_as_2d(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     if not ctx.settings.dims:
         return PassResult(gm, [])

@@ -24,11 +24,11 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change
+from fxtrt.graph import RESHAPES
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
 
-VIEWS = frozenset({aten.view.default, aten._unsafe_view.default, aten.reshape.default})
 # Ops whose output strides are not those of a contiguous tensor of its shape.
 RELAYOUTS = frozenset({
     aten.transpose.int, aten.permute.default, aten.t.default, aten.expand.default, aten.slice.Tensor,
@@ -36,6 +36,7 @@ RELAYOUTS = frozenset({
 })
 
 
+@graph_pass(requires=("generalize_batch",))
 def relax_views(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     if not ctx.settings.dims:
         return PassResult(gm, [])
@@ -48,7 +49,7 @@ def relax_views(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
             node.kwargs = {"memory_format": torch.contiguous_format}
             changes.append(change(node, before, call_text(node), "contiguous() that must copy for every size"))
             continue
-        if node.op != "call_function" or node.target not in VIEWS:
+        if node.op != "call_function" or node.target not in RESHAPES:
             continue
         src = node.args[0]
         if not (isinstance(src, torch.fx.Node) and src.op == "call_function" and src.target in RELAYOUTS):

@@ -18,11 +18,11 @@ import operator
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, change, fake_value
+from fxtrt.graph import SCALAR_READS
+from fxtrt.passes.infra import PassContext, PassResult, change, fake_value, graph_pass
 
 aten = torch.ops.aten
 
-READS = frozenset({aten._local_scalar_dense.default, aten.item.default})
 # Python arithmetic on the number, and the tensor op that computes the same on a 0-d tensor.
 _PYTHON = {operator.add: aten.add.Tensor, operator.sub: aten.sub.Tensor, operator.mul: aten.mul.Tensor,
            operator.truediv: aten.div.Tensor, operator.neg: aten.neg.default, operator.pow: aten.pow.Tensor_Tensor,
@@ -58,10 +58,11 @@ def _scalar_closure(read: torch.fx.Node) -> tuple[list[torch.fx.Node], list[torc
     return scalars, consumers
 
 
+@graph_pass(always_runs=True)
 def scalar_reads_as_tensors(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     changes = []
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    for read in [n for n in gm.graph.nodes if n.op == "call_function" and n.target in READS]:
+    for read in [n for n in gm.graph.nodes if n.op == "call_function" and n.target in SCALAR_READS]:
         src = read.args[0]
         val = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
         if not isinstance(val, torch.Tensor) or not val.is_floating_point() or any(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from fxtrt.backend.verify import ReferenceRunner, Tolerance
+from fxtrt.backend.verify import ReferenceRunner
+from fxtrt.compare import Tolerance
 from fxtrt.settings import DynamicDim, Settings
 
 BATCH = DynamicDim("batch", 1, 4, 8, ((0, 0),), 1)

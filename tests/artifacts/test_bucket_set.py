@@ -11,8 +11,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from fxtrt.artifacts.bucket_set import BucketRunner, BucketServer, BucketSet, split_batch
-from fxtrt.backend.buckets import input_metadata, output_batch_axes
-from fxtrt.backend.verify import ReferenceRunner, Tolerance, verify
+from fxtrt.backend.buckets import output_batch_axes
+from fxtrt.backend.graph_inputs import input_metadata
+from fxtrt.backend.verify import ReferenceRunner, verify
+from fxtrt.compare import Tolerance
 from fxtrt.errors import ConfigError, VerificationError
 from fxtrt.settings import DynamicDim
 

@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fxtrt.artifacts import BucketSet, EngineSet, OnnxModel
+from fxtrt.artifacts import BucketSet, OnnxModel
+from fxtrt.stages.engines import build
 from fxtrt.artifacts.bucket_set import BucketServer
-from fxtrt.artifacts.engine_set import engine_for_shapes
+from fxtrt.backend.tensorrt.runner import engine_for_shapes
 from fxtrt.backend.tensorrt import TensorSpec, parse_build_script, plan_engines, tensorrt_status
-from fxtrt.backend.verify import Tolerance, verification_points, verify
+from fxtrt.backend.verify import verify
+from fxtrt.compare import Tolerance
+from fxtrt.sizes import verification_points
 from fxtrt.errors import EngineError
 from tests.artifacts.conftest import BATCH, FP32, export, reference, settings
 
@@ -33,7 +36,7 @@ def linear(tmp_path_factory) -> tuple[torch.nn.Module, OnnxModel]:
 def test_planned_engines_are_not_claimed_served_or_verified(linear) -> None:
     module, model = linear
     out = model.path.parent
-    engines = EngineSet.build(model, out, settings())
+    engines = build(model, out, settings())
     assert not engines.built and engines.files == (out / "build_engines.sh",)
     assert engines.index() == {"build_script": out / "build_engines.sh"}
     stage = engines.record()["engines"]
@@ -55,7 +58,7 @@ def test_a_bucket_set_gets_one_static_engine_per_bucket_checked_at_its_bucket(tm
     module = torch.nn.Linear(4, 3).eval()
     paths = {b: export(module, torch.randn(b, 4), tmp_path / f"model_b{b}.onnx", dynamic=False) for b in (1, 4)}
     buckets = BucketSet(BucketServer(paths, BATCH.sites, (0,)), ["x"], ["output"], BATCH, [], tolerance=FP32)
-    engines = EngineSet.build(buckets, tmp_path, settings())
+    engines = build(buckets, tmp_path, settings())
     plan = engines.record()["engines"]["plan"]
     assert plan["kind"] == "buckets" and [e["engine"] for e in plan["engines"]] == ["model_b1.engine", "model_b4.engine"]
     assert engines.points == ({"batch": 1}, {"batch": 4})
@@ -78,7 +81,7 @@ def test_built_engines_are_verified_engine_by_engine_with_onnxruntime(linear, tm
     if not TRT_OK:
         pytest.skip(f"needs TensorRT and a CUDA device: {TRT_WHY}")
     module, model = linear
-    engines = EngineSet.build(model, model.path.parent, settings())
+    engines = build(model, model.path.parent, settings())
     rows = verify(engines, reference(module, torch.randn(1, 4)), engines.points, engines.tolerance)
     assert {r.note for r in rows} == {"model.engine: onnxruntime vs torch", "model.engine: tensorrt vs torch"}
     engines.check(rows)

@@ -10,9 +10,12 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from fxtrt.artifacts import BucketSet, Fp16Model, OnnxModel
+from fxtrt.artifacts import BucketSet, OnnxModel
+from fxtrt.stages.fp16 import convert
 from fxtrt.artifacts.bucket_set import BucketServer
-from fxtrt.backend.verify import Tolerance, verification_points, verify
+from fxtrt.backend.verify import verify
+from fxtrt.compare import Tolerance
+from fxtrt.sizes import verification_points
 from fxtrt.errors import PrecisionError
 from tests import seed_models as sm
 from tests.artifacts.conftest import BATCH, FP32, export, reference, settings
@@ -33,7 +36,7 @@ def test_convert_repairs_against_the_reference_the_fp32_check_already_computed(o
     runs = ref.runs
     assert runs == len(fp32.points) == 4
 
-    half = Fp16Model.convert(fp32, ref, tmp_path, settings())
+    half = convert(fp32, ref, tmp_path, settings())
     rows = verify(half, ref, half.points, half.tolerance)
     assert ref.runs == runs, "the repair and the fp16 check reuse the fp32 check's PyTorch outputs"
     assert all(r.passed for r in rows) and {r.note for r in rows} == {"fp16 (atol=0.01, rtol=0.01)"}
@@ -54,7 +57,7 @@ def test_convert_repairs_against_the_reference_the_fp32_check_already_computed(o
 def test_an_fp16_model_outside_its_tolerance_is_a_precision_error(overflow, tmp_path: Path) -> None:
     module, fp32 = overflow
     ref = reference(module, torch.randn(1, 16))
-    half = Fp16Model.convert(fp32, ref, tmp_path, settings())
+    half = convert(fp32, ref, tmp_path, settings())
     rows = verify(half, ref, half.points, Tolerance(1e-7, 0.0, "fp16 (atol=1e-07, rtol=0)"))
     with pytest.raises(PrecisionError, match="passed its repair but not verification"):
         half.check(rows)
@@ -62,7 +65,7 @@ def test_an_fp16_model_outside_its_tolerance_is_a_precision_error(overflow, tmp_
 
 def test_without_a_reference_the_conversion_is_unchecked_and_says_so(overflow, tmp_path: Path) -> None:
     _, fp32 = overflow
-    half = Fp16Model.convert(fp32, None, tmp_path, settings())
+    half = convert(fp32, None, tmp_path, settings())
     assert half.notes == ("the fp16 model was neither repaired nor verified (verify=False)",)
     record = half.record()["fp16"]
     assert record["repaired"] is False and not record["rounds"]
@@ -75,7 +78,7 @@ def test_a_bucket_set_gets_one_repaired_fp16_model_per_bucket(tmp_path: Path) ->
     paths = {b: export(module, torch.randn(b, 16), tmp_path / f"model_b{b}.onnx", dynamic=False) for b in (1, 2)}
     fp32 = BucketSet(BucketServer(paths, BATCH.sites, (0,)), ["x"], ["output"], BATCH, [], tolerance=FP32)
     ref = reference(module, torch.randn(1, 16))
-    half = Fp16Model.convert(fp32, ref, tmp_path, settings())
+    half = convert(fp32, ref, tmp_path, settings())
     assert {b: m.primary.name for b, m in half.members().items()} == {1: "model_fp16_b1.onnx", 2: "model_fp16_b2.onnx"}
     assert half.index() == {"onnx": tmp_path / "model_fp16_b2.onnx", "onnx_b1": tmp_path / "model_fp16_b1.onnx",
                             "onnx_b2": tmp_path / "model_fp16_b2.onnx", "onnx_fp32_b1": paths[1],

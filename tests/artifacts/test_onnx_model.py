@@ -11,7 +11,8 @@ import torch
 
 from fxtrt.artifacts import OnnxModel
 from fxtrt.backend.cleanup import save_onnx
-from fxtrt.backend.verify import verify, verification_points
+from fxtrt.backend.verify import verify
+from fxtrt.sizes import verification_points
 from fxtrt.errors import VerificationError
 from tests.artifacts.conftest import BATCH, FP32, export, reference
 

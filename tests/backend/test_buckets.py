@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fxtrt.backend.buckets import bucket_points, bucket_verification_sizes, default_buckets, fallback, output_batch_axes
+from fxtrt.backend.buckets import default_buckets, fallback, output_batch_axes
+from fxtrt.sizes import bucket_points, bucket_verification_sizes
 from fxtrt.errors import StructureError
 from fxtrt.settings import DynamicDim
 

@@ -4,10 +4,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fxtrt.backend.cleanup import check_dynamic_dims, cleanup, op_counts, save_onnx
+from fxtrt.backend.cleanup import cleanup, op_counts, save_onnx
+from fxtrt.backend.dynamic_dims import check_dynamic_dims
 from fxtrt.backend.emit import emit_onnx
 from fxtrt.errors import EmitError
 from fxtrt.frontend.capture import capture
+from fxtrt.frontend.program import exported as as_program
 from fxtrt.settings import make_settings, normalize_inputs
 
 
@@ -57,7 +59,8 @@ def test_a_dynamic_dim_lost_on_the_way_is_an_emit_error():
     settings = make_settings(model, inputs, batch=(1, 4, 8), batch_dims=None, dynamic=None, out_dir=None, opset=17,
                              target="onnx", precision="fp32", passes=None, verify=True, atol=1e-4, rtol=1e-3)
     captured = capture(model, inputs, settings)
-    onnx_model = cleanup(emit_onnx(captured.base.gm, captured, settings.dims, 17).model).model
+    onnx_model = cleanup(emit_onnx(as_program(captured.base.gm, captured, settings.dims)[0], captured, settings.dims,
+                                      17).model).model
     check_dynamic_dims(onnx_model, captured, settings)
     out_dim = onnx_model.graph.output[0].type.tensor_type.shape.dim[0]
     out_dim.dim_value = 4  # baked in

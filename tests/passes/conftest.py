@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fxtrt.frontend.capture import capture
-from fxtrt.passes import PassContext
+from fxtrt.passes import PassContext, PassManager, resolve
 from fxtrt.settings import make_settings, normalize_inputs
 
 
@@ -19,6 +19,14 @@ def trace(model, example, *, batch=(1, 8, 32), batch_dims=None, dynamic=None):
     captured = capture(model.eval(), inputs, settings)
     # as compile() does: the dims as captured (dims torch.export proves equal are one)
     return captured.base.gm, PassContext(dataclasses.replace(settings, dims=captured.declared), captured)
+
+
+def run_with_requirements(gm, ctx, name):
+    """Pass ``name`` under the pass manager, after the passes it requires (as compile orders
+    them): its PassResult. The graph is rewritten in place, as by compile."""
+    results = []
+    PassManager(resolve([name]), observers=[results.append]).run(gm, ctx)
+    return results[-1].result
 
 
 @pytest.fixture

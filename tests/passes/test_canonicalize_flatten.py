@@ -3,16 +3,12 @@ from __future__ import annotations
 import torch
 
 from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
-from fxtrt.passes.drop_shape_guards import drop_shape_guards
-from fxtrt.passes.generalize_batch import generalize_batch
 from tests import seed_models as sm
-from tests.passes.conftest import assert_same
+from tests.passes.conftest import assert_same, run_with_requirements
 
 
 def run(gm, ctx):
-    drop_shape_guards(gm, ctx)
-    generalize_batch(gm, ctx)
-    return canonicalize_flatten(gm, ctx)
+    return run_with_requirements(gm, ctx, "canonicalize_flatten")
 
 
 def view_args(gm):

@@ -4,7 +4,8 @@ import inspect
 
 import torch
 
-from fxtrt.passes.fold_constant_reads import READS, fold_constant_reads
+from fxtrt.graph import SCALAR_READS as READS
+from fxtrt.passes.fold_constant_reads import fold_constant_reads
 from tests.passes.conftest import assert_same
 
 aten = torch.ops.aten

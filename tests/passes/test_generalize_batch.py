@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from fxtrt.errors import GeneralizationError
-from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.generalize_batch import fit, generalize_batch
 from tests import seed_models as sm
-from tests.passes.conftest import assert_same
+from tests.passes.conftest import assert_same, run_with_requirements
+from tests.regressions.test_fuzz_findings import PoolThenUpsample1d
 
 SEED_FILE = str(Path(sm.__file__).resolve())
+aten = torch.ops.aten
 
 
 def run(gm, ctx):
-    drop_shape_guards(gm, ctx)
-    return generalize_batch(gm, ctx)
+    return run_with_requirements(gm, ctx, "generalize_batch")
 
 
 def test_fit_linear_in_one_dim():
@@ -132,3 +132,37 @@ def test_static_model_is_left_alone(traced):
     gm, ctx = traced(sm.SizeView(), torch.randn(2, 3, 16, 16), batch=None)
     code = gm.code
     assert not generalize_batch(gm, ctx).modified and gm.code == code
+
+
+def test_a_value_read_from_an_input_is_refused_at_its_line(traced):
+    """The pass's declared precondition: the manager raises the first read it refuses."""
+    class ReadsLength(torch.nn.Module):
+        def forward(self, x, lengths):
+            n = max(lengths.tolist())  # value read
+            return x[:, :n]
+
+    gm, ctx = traced(ReadsLength(), (torch.randn(1, 8), torch.tensor([4])), batch_dims=(0, None))
+    with pytest.raises(GeneralizationError, match="read from tensor contents") as info:
+        run(gm, ctx)
+    assert info.value.source.endswith(f"test_generalize_batch.py:{_line('# value read')}")
+
+
+def test_the_traces_it_aligns_are_returned_and_the_context_is_left_as_it_was(traced):
+    """torch writes a no-op crop as ``alias`` at even lengths: the pass aligns copies of the other
+    traces and returns them in ``PassResult.captured``; the frozen context's traces are untouched."""
+    model = PoolThenUpsample1d().eval()
+    gm, ctx = traced(model, torch.randn(2, 12, 8), batch=None, dynamic={0: {1: ("seq", 8, 12, 12)}})
+    others = ctx.captured.captures[1:] + ctx.captured.checks
+    codes = [c.gm.code for c in others]
+    aliases = sum(n.target == aten.alias.default for c in others for n in c.gm.graph.nodes)
+    assert aliases, "the check trace at an even length has the alias"
+    result = run(gm, ctx)
+    assert [c.gm.code for c in others] == codes, "the context's traces are as the frontend left them"
+    learned = result.captured.captures[1:] + result.captured.checks
+    assert not any(n.target == aten.alias.default for c in learned for n in c.gm.graph.nodes)
+    assert [c.sizes for c in learned] == [c.sizes for c in others]
+
+
+def _line(marker):
+    lines = Path(__file__).read_text().splitlines()
+    return next(i for i, t in enumerate(lines, start=1) if marker in t and "_line(" not in t)

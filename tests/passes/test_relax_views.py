@@ -7,10 +7,8 @@ import pytest
 import torch
 
 import fxtrt
-from fxtrt.passes.drop_shape_guards import drop_shape_guards
-from fxtrt.passes.generalize_batch import generalize_batch
 from fxtrt.passes.relax_views import relax_views
-from tests.passes.conftest import assert_same
+from tests.passes.conftest import assert_same, run_with_requirements
 
 aten = torch.ops.aten
 transformers = pytest.importorskip("transformers")
@@ -35,8 +33,7 @@ def example():
 def test_contiguous_becomes_an_unconditional_copy(traced):
     model = T5Encoder()
     gm, ctx = traced(model, example())
-    drop_shape_guards(gm, ctx)
-    generalize_batch(gm, ctx)
+    run_with_requirements(gm, ctx, "generalize_batch")
     assert any(n.target == aten.contiguous.default for n in gm.graph.nodes)
     result = relax_views(gm, ctx)
     assert not any(n.target == aten.contiguous.default for n in gm.graph.nodes)

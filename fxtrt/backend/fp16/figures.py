@@ -1,7 +1,9 @@
 """Run a model on onnxruntime and measure it against a reference: the figures repair judges by.
 
-The check is the one verification uses, ``|a - b| <= atol + rtol * |ref|`` elementwise, with
-the worst error and the count of values that overflowed kept per output.
+The check is the one verification uses (:func:`fxtrt.compare.compare_arrays`,
+``|a - b| <= atol + rtol * |ref|`` elementwise; integer outputs must be equal), with the worst
+error and the count of values that overflowed kept per output. Sessions are opened without ONNX
+Runtime's graph fusions, so no fusion hides an fp16 effect.
 
 Example::
 
@@ -18,6 +20,8 @@ import onnx
 import onnx.shape_inference
 from onnx import helper
 
+from fxtrt.backend.onnxruntime import open_session, run_session
+from fxtrt.compare import compare_arrays
 from fxtrt.errors import ConfigError, PrecisionError
 
 
@@ -60,50 +64,11 @@ def real_types(model: onnx.ModelProto, base: Mapping[str, int]) -> dict[str, int
 
 def run_onnx(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every output of ``model`` at ``feed``, unoptimised, so no fusion hides an fp16 effect."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no fusions hiding fp16 effects
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        wanted = {i.name: i.type for i in session.get_inputs()}
-        fed = {k: (np.asarray(v).astype(np.float16) if wanted.get(k) == "tensor(float16)" else np.asarray(v))
-               for k, v in feed.items() if k in wanted}
-        names = [o.name for o in session.get_outputs()]
-        results = session.run(names, fed)
+        results = run_session(open_session(model, optimize=False, quiet=True), feed)
     except Exception as exc:
         raise PrecisionError(f"onnxruntime could not run the model: {type(exc).__name__}: {exc}") from exc
-    return {n: (r.astype(np.float32) if r.dtype == np.float16 else r) for n, r in zip(names, results)}
-
-
-def compare(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float,
-            per_tensor: bool = False) -> tuple[float, float, int, bool]:
-    """(max |a-b|, max |a-b|/|ref|, non-finite count, passed) under ``|a-b| <= atol + rtol*|ref|``.
-
-    Same rule as fxtrt.backend.verify: equal infinities and NaN against NaN match; any other
-    non-finite difference fails. Non-float tensors must be equal. ``per_tensor`` uses the
-    tensor's largest finite ``|ref|`` in place of each element's.
-    """
-    ref, out = np.asarray(ref), np.asarray(out)
-    if ref.shape != out.shape:
-        return float("inf"), float("inf"), 0, False
-    if ref.size == 0:
-        return 0.0, 0.0, 0, True
-    if not (np.issubdtype(ref.dtype, np.floating) or np.issubdtype(out.dtype, np.floating)):
-        equal = bool(np.array_equal(ref, out))
-        return (0.0 if equal else float("inf")), (0.0 if equal else float("inf")), 0, equal
-    a, b = ref.astype(np.float64), out.astype(np.float64)
-    both_nan = np.isnan(a) & np.isnan(b)
-    same_inf = np.isinf(a) & (a == b)
-    nonfinite = int(np.count_nonzero(~np.isfinite(b) & np.isfinite(a)))
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.where(both_nan | same_inf, 0.0, np.abs(a - b))
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    mag = np.where(np.isfinite(a), np.abs(a), 0.0)
-    ok = diff <= atol + rtol * (mag.max() if per_tensor else mag)
-    rel = diff / np.maximum(mag, np.finfo(np.float64).tiny)
-    return float(diff.max()), float(rel.max()), nonfinite, bool(ok.all())
+    return {n: (r.astype(np.float32) if r.dtype == np.float16 else r) for n, r in results.items()}
 
 
 def output_figures(
@@ -120,8 +85,8 @@ def output_figures(
         for g, r in zip(got, reference):
             if n not in r:
                 raise ConfigError(f"the reference has no output {n!r}; it has {sorted(r)}")
-            a, rel, nf, ok = compare(np.asarray(r[n]), g[n], atol, rtol)
-            worst = (max(worst[0], a), max(worst[1], rel), max(worst[2], nf), worst[3] and ok)
+            c = compare_arrays(np.asarray(r[n]), g[n], atol, rtol, exact_integers=True)
+            worst = (max(worst[0], c.max_abs), max(worst[1], c.max_rel), max(worst[2], c.nonfinite), worst[3] and c.passed)
         out.append(OutputFigures(n, *worst))
     return tuple(out)
 

@@ -18,9 +18,10 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 import onnx
 
-from fxtrt.backend.fp16.figures import OutputFigures, compare, expose, format_figures, output_figures, real_types, run_onnx
+from fxtrt.backend.fp16.figures import OutputFigures, expose, format_figures, output_figures, real_types, run_onnx
 from fxtrt.backend.fp16.materialize import finish, materialize
 from fxtrt.backend.fp16.plan import DEFAULT_FP32_OPS, FP16, FP16_MAX, FP32, SHAPE_ONLY_OPS, Fp16Graph, KeptNode
+from fxtrt.compare import compare_arrays
 from fxtrt.errors import ConfigError, PrecisionError
 
 log = logging.getLogger(__name__)
@@ -92,42 +93,18 @@ def repair_fp16(
     graph = Fp16Graph(fp32_model, fp32_ops)
     keep = graph.kept_by_user(keep_fp32)
     feeds = [dict(f) for f in feeds]
-    outputs = list(graph.outputs)
-
     fp32_values = [run_onnx(expose(fp32_model, graph.compared, graph.types), f) for f in feeds]
-    if reference is None:
-        reference = [{o: vals[o] for o in outputs} for vals in fp32_values]
-    else:
-        if len(reference) != len(feeds):
-            raise ConfigError(f"got {len(feeds)} feeds but {len(reference)} references")
-        own = output_figures(outputs, [{o: v[o] for o in outputs} for v in fp32_values], reference, atol, rtol)
-        if not all(f.passed for f in own):
-            raise PrecisionError(
-                "the float32 ONNX model itself does not match the reference, so fp16 can't either:\n"
-                + format_figures(own), rows=[f.to_dict() for f in own],
-                hint="verify the fp32 export first; this is not a precision problem")
+    reference = _reference(graph, fp32_values, reference, len(feeds), atol, rtol)
 
     rounds: list[RoundFigures] = []
     for r in range(max_rounds + 1):
         kinds, kept = graph.plan(keep)
         fp32_count = sum(k == FP32 for i, k in enumerate(kinds) if graph.touches_float(i))
-        emulated = materialize(graph, kinds, emulate=True, keep_io_types=keep_io_types)
-        values = [run_onnx(expose(emulated, graph.compared, graph.types), f) for f in feeds]
-        figs = output_figures(outputs, values, reference, atol, rtol)
-        ort_figs: tuple[OutputFigures, ...] = ()
-        passed = all(f.passed for f in figs)
-        model = None
-        if passed:
-            model = finish(graph, kinds, kept, keep_io_types)
-            real_values = [run_onnx(expose(model, graph.compared, real_types(model, graph.types)), f) for f in feeds]
-            ort_figs = output_figures(outputs, real_values, reference, atol, rtol)
-            passed = all(f.passed for f in ort_figs)
-            if not passed:
-                values = real_values  # look for divergence where it shows
-        if passed:
+        figs, ort_figs, model, values = _run_round(graph, kinds, kept, feeds, reference, keep_io_types, atol, rtol)
+        if model is not None and all(f.passed for f in ort_figs):
             rounds.append(RoundFigures(r, fp32_count, figs, ort_figs, (), (), True))
             log.info("fp16: passed in round %d with %d node(s) kept in fp32", r, len(kept))
-            return Fp16Result(model, kept, tuple(rounds), True, atol, rtol)  # type: ignore[arg-type]
+            return Fp16Result(model, kept, tuple(rounds), True, atol, rtol)
 
         first, new = _divergence(graph, kinds, fp32_values, values, atol, rtol, r + 1)
         new = [k for k in new if k.name not in keep]
@@ -143,6 +120,52 @@ def repair_fp16(
         for k in new:
             keep[k.name] = k
     raise AssertionError("unreachable")
+
+
+def _reference(graph: Fp16Graph, fp32_values: Sequence[Mapping[str, np.ndarray]],
+               reference: Sequence[Mapping[str, np.ndarray]] | None, n_feeds: int,
+               atol: float, rtol: float) -> Sequence[Mapping[str, np.ndarray]]:
+    """What fp16 must match: ``reference``, once the float32 ONNX model is shown to match it
+    itself (else no fp16 model can, and that is no precision problem); by default the float32
+    ONNX model's own outputs."""
+    outputs = list(graph.outputs)
+    if reference is None:
+        return [{o: vals[o] for o in outputs} for vals in fp32_values]
+    if len(reference) != n_feeds:
+        raise ConfigError(f"got {n_feeds} feeds but {len(reference)} references")
+    own = output_figures(outputs, [{o: v[o] for o in outputs} for v in fp32_values], reference, atol, rtol)
+    if not all(f.passed for f in own):
+        raise PrecisionError(
+            "the float32 ONNX model itself does not match the reference, so fp16 can't either:\n"
+            + format_figures(own), rows=[f.to_dict() for f in own],
+            hint="verify the fp32 export first; this is not a precision problem")
+    return reference
+
+
+def _run_round(
+    graph: Fp16Graph,
+    kinds: Sequence[str],
+    kept: tuple[KeptNode, ...],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    reference: Sequence[Mapping[str, np.ndarray]],
+    keep_io_types: bool,
+    atol: float,
+    rtol: float,
+) -> tuple[tuple[OutputFigures, ...], tuple[OutputFigures, ...], onnx.ModelProto | None,
+           list[dict[str, np.ndarray]]]:
+    """One round: the float32 emulation of the plan against the reference, then, once that
+    passes, the real fp16 model on onnxruntime. Returns both figures, the real model (None while
+    the emulation fails) and the values to look for divergence in, where it shows."""
+    outputs = list(graph.outputs)
+    emulated = materialize(graph, kinds, emulate=True, keep_io_types=keep_io_types)
+    values = [run_onnx(expose(emulated, graph.compared, graph.types), f) for f in feeds]
+    figs = output_figures(outputs, values, reference, atol, rtol)
+    if not all(f.passed for f in figs):
+        return figs, (), None, values
+    model = finish(graph, kinds, kept, keep_io_types)
+    real_values = [run_onnx(expose(model, graph.compared, real_types(model, graph.types)), f) for f in feeds]
+    ort_figs = output_figures(outputs, real_values, reference, atol, rtol)
+    return figs, ort_figs, model, (values if all(f.passed for f in ort_figs) else real_values)
 
 
 def _divergence(
@@ -163,22 +186,36 @@ def _divergence(
     a node whose output diverges while its inputs don't, or whose output overflows while
     its inputs are finite.
     """
+    bad = _diverged_values(graph, ref, got, atol, rtol)
+    overflow = {v for v, (_, _, nonfinite) in bad.items() if nonfinite}
+    new: dict[str, KeptNode] = {}
+    _keep_out_of_range(graph, kinds, ref, next_round, new)
+    first = _keep_where_divergence_starts(graph, kinds, bad, overflow, next_round, new)
+    return first, list(new.values())
+
+
+def _diverged_values(graph: Fp16Graph, ref: Sequence[Mapping[str, np.ndarray]],
+                     got: Sequence[Mapping[str, np.ndarray]], atol: float,
+                     rtol: float) -> dict[str, tuple[float, float, int]]:
+    """Every compared value that fails its check on some feed: its worst max |err|, max rel err
+    and overflow count over the feeds (graph outputs elementwise, intermediates per tensor)."""
     outputs = set(graph.outputs)
     bad: dict[str, tuple[float, float, int]] = {}
     for r, g in zip(ref, got):
         for v in graph.compared:
             if v not in r or v not in g:
                 continue
-            max_abs, max_rel, nonfinite, ok = compare(r[v], g[v], atol, rtol, per_tensor=v not in outputs)
-            if not ok:
+            c = compare_arrays(r[v], g[v], atol, rtol, per_tensor=v not in outputs, exact_integers=True)
+            if not c.passed:
                 prev = bad.get(v, (0.0, 0.0, 0))
-                bad[v] = (max(prev[0], max_abs), max(prev[1], max_rel), max(prev[2], nonfinite))
-    overflow = {v for v, (_, _, nonfinite) in bad.items() if nonfinite}
+                bad[v] = (max(prev[0], c.max_abs), max(prev[1], c.max_rel), max(prev[2], c.nonfinite))
+    return bad
 
-    first: list[str] = []
-    new: dict[str, KeptNode] = {}
-    # A value beyond fp16's range is inf in fp16 wherever it is stored: its producer and every
-    # node reading it in fp16 must be fp32, all in this round.
+
+def _keep_out_of_range(graph: Fp16Graph, kinds: Sequence[str], ref: Sequence[Mapping[str, np.ndarray]],
+                       next_round: int, new: dict[str, KeptNode]) -> None:
+    """A value beyond fp16's range is inf in fp16 wherever it is stored: its producer and every
+    node reading it in fp16 must be fp32, all in this round (added to ``new``)."""
     for v in graph.compared:
         peak = max((_finite_peak(r[v]) for r in ref if v in r), default=0.0)
         if peak <= FP16_MAX or not graph.is_float(v):
@@ -193,6 +230,14 @@ def _divergence(
                     name, graph.nodes[i].op_type, graph.outs(i),
                     f"{role} {v!r}, whose values reach {peak:g}, beyond fp16's largest value {FP16_MAX:g}",
                     next_round, "diverged"))
+
+
+def _keep_where_divergence_starts(graph: Fp16Graph, kinds: Sequence[str], bad: Mapping[str, tuple[float, float, int]],
+                                  overflow: set[str], next_round: int, new: dict[str, KeptNode]) -> list[str]:
+    """The values where divergence starts (a node whose output diverges while its inputs don't,
+    or overflows while its inputs are finite); their nodes, or for a node already fp32 the fp16
+    nodes feeding it, are added to ``new``."""
+    first: list[str] = []
     for i, node in enumerate(graph.nodes):
         outs = [v for v in node.output if v in bad]
         ins = [u for u in node.input if u]
@@ -220,7 +265,7 @@ def _divergence(
                 name, graph.nodes[j].op_type, graph.outs(j),
                 f"feeds {graph.names[i]} ({node.op_type}, fp32), whose output {v!r} amplifies the fp16 rounding "
                 f"upstream: {what}", next_round, "diverged"))
-    return first, list(new.values())
+    return first
 
 
 def _finite_peak(arr: np.ndarray) -> float:

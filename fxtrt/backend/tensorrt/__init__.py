@@ -16,9 +16,11 @@ value, each with that dim fixed. :func:`default_split_values` says which values.
 Nothing here imports ``tensorrt`` until an engine is actually built: Polygraphy's loaders are
 lazy callables, and :func:`tensorrt_status` is the only place that tries the import on purpose.
 
-The package follows the seams: :mod:`.plan` (which engines, for which shapes),
-:mod:`.script` (``build_engines.sh``, written and read back) and :mod:`.build` (building and
-running them with Polygraphy, only where TensorRT and a GPU are usable).
+The package follows the seams, laid out as Polygraphy's backends are: :mod:`.specs` (what a plan
+is made of), :mod:`.plan` (which engines, for which shapes) and the checks it runs (:mod:`.checks`),
+:mod:`.script` (``build_engines.sh``, written and read back), :mod:`.loader` (building engines
+with Polygraphy's lazy loaders) and :mod:`.runner` (running them), the last two only where
+TensorRT and a GPU are usable.
 
 Example::
 
@@ -30,8 +32,17 @@ Example::
     if ok:
         build_engines(plan, Path("out"))           # needs TensorRT and a GPU
 """
-from fxtrt.backend.tensorrt.build import build_engines, polygraphy_loaders, polygraphy_profile, tensorrt_status, trt_runner
-from fxtrt.backend.tensorrt.plan import (
+from fxtrt.backend.tensorrt.loader import EngineLoaders, build_engines, engine_loaders, polygraphy_loaders, polygraphy_profile, tensorrt_status
+from fxtrt.backend.tensorrt.plan import default_split_values, plan_buckets, plan_engines
+from fxtrt.backend.tensorrt.runner import engine_loader, trt_runner
+from fxtrt.backend.tensorrt.script import (
+    BuildCommand,
+    parse_build_script,
+    polygraphy_argv,
+    trtexec_argv,
+    write_build_script,
+)
+from fxtrt.backend.tensorrt.specs import (
     BUILD_SCRIPT_NAME,
     ENGINE_SUFFIX,
     PARTIAL_SUFFIX,
@@ -40,21 +51,11 @@ from fxtrt.backend.tensorrt.plan import (
     EngineSpec,
     InputProfile,
     TensorSpec,
-    default_split_values,
-    plan_buckets,
-    plan_engines,
-)
-from fxtrt.backend.tensorrt.script import (
-    BuildCommand,
-    parse_build_script,
-    polygraphy_argv,
-    trtexec_argv,
-    write_build_script,
 )
 
 __all__ = [
-    "BUILD_SCRIPT_NAME", "ENGINE_SUFFIX", "PARTIAL_SUFFIX", "TIMING_CACHE_NAME", "BuildCommand", "EnginePlan",
-    "EngineSpec", "InputProfile", "TensorSpec", "build_engines", "default_split_values", "parse_build_script",
+    "BUILD_SCRIPT_NAME", "ENGINE_SUFFIX", "PARTIAL_SUFFIX", "TIMING_CACHE_NAME", "BuildCommand", "EngineLoaders",
+    "EnginePlan", "EngineSpec", "engine_loader", "engine_loaders", "InputProfile", "TensorSpec", "build_engines", "default_split_values", "parse_build_script",
     "plan_buckets", "plan_engines", "polygraphy_argv", "polygraphy_loaders", "polygraphy_profile",
     "tensorrt_status", "trt_runner", "trtexec_argv", "write_build_script",
 ]

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
-import onnx
 
+from fxtrt.backend.graph_inputs import graph_inputs
+from fxtrt.backend.tensorrt.specs import EngineSpec, TensorSpec
 from fxtrt.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fxtrt.backend.tensorrt.plan import EngineSpec, TensorSpec
 
 # Characters that trtexec's ``name:AxB,...`` and Polygraphy's ``name:[A,B]`` syntax can't carry.
 _BAD_NAME = re.compile(r"[\s:,\[\]'\"=]")
@@ -62,29 +60,9 @@ def check_specs(inputs: Sequence[TensorSpec]) -> None:
                 raise ConfigError(f"input {spec.name!r} has an invalid static dim {d!r}")
 
 
-def _onnx_inputs(onnx_path: Path) -> dict[str, tuple[str, tuple[int | str | None, ...]]]:
-    """name -> (numpy dtype name, dims) for the ONNX graph inputs that are not initializers."""
-    if not onnx_path.is_file():
-        raise ConfigError(f"ONNX model {onnx_path} does not exist")
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    out: dict[str, tuple[str, tuple[int | str | None, ...]]] = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name if tt.elem_type else "?"
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None)
-            for d in tt.shape.dim
-        )
-        out[vi.name] = (dtype, dims)
-    return out
-
-
 def check_against_onnx(onnx_path: Path, specs: Sequence[TensorSpec]) -> None:
     """Profiles for inputs the ONNX doesn't have fail only on the GPU machine; fail here instead."""
-    actual = _onnx_inputs(onnx_path)
+    actual = {gi.name: (gi.dtype_name, gi.dims) for gi in graph_inputs(onnx_path)}
     names = [s.name for s in specs]
     if sorted(actual) != sorted(names):
         raise ConfigError(

@@ -19,131 +19,21 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from fxtrt.backend.tensorrt.checks import check_against_onnx, check_ranges, check_specs, check_unique
+from fxtrt.backend.tensorrt.specs import ENGINE_SUFFIX, EnginePlan, EngineSpec, InputProfile, TensorSpec
 from fxtrt.errors import ConfigError
+from fxtrt.settings import Settings
+from fxtrt.sizes import powers_of_two
 
 log = logging.getLogger(__name__)
 
-ENGINE_SUFFIX = ".engine"
-TIMING_CACHE_NAME = "timing.cache"
-BUILD_SCRIPT_NAME = "build_engines.sh"
-PARTIAL_SUFFIX = ".partial"
 # A power of two this close (relative) to min, opt or max adds nothing: 1024 next to opt=1000.
 _NEAR_ANCHOR = 1 / 8
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input: static dims are ints, dynamic dims are their names ("batch", "T")."""
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
-
-    @property
-    def dynamic_dims(self) -> tuple[str, ...]:
-        return tuple(d for d in self.shape if isinstance(d, str))
-
-    def resolve(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
-        """The concrete shape at ``sizes`` (dim name -> size)."""
-        return tuple(sizes[d] if isinstance(d, str) else int(d) for d in self.shape)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-
-@dataclass(frozen=True)
-class InputProfile:
-    """min/opt/max shape of one input in one engine's optimization profile.
-
-    ``dynamic`` says whether the ONNX input has a symbolic dim; only those get shape flags on
-    the command line (trtexec refuses shapes for a fully static model).
-    """
-
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-    dynamic: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "min": list(self.min), "opt": list(self.opt), "max": list(self.max),
-                "dynamic": self.dynamic}
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """One engine to build: from which ONNX, into which file, for which shapes."""
-
-    onnx_path: Path
-    engine_name: str
-    inputs: tuple[InputProfile, ...]
-    fixed: tuple[tuple[str, int], ...]
-    ranges: tuple[tuple[str, tuple[int, int, int]], ...]
-    description: str
-
-    @property
-    def is_static(self) -> bool:
-        return all(p.min == p.max for p in self.inputs)
-
-    def accepts(self, sizes: Mapping[str, int]) -> bool:
-        """Whether this engine runs at ``sizes`` (dim name -> size); unnamed dims are ignored."""
-        for d, v in self.fixed:
-            if d in sizes and sizes[d] != v:
-                return False
-        for d, (lo, _, hi) in self.ranges:
-            if d in sizes and not lo <= sizes[d] <= hi:
-                return False
-        return True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "onnx": str(self.onnx_path),
-            "engine": self.engine_name,
-            "description": self.description,
-            "fixed": dict(self.fixed),
-            "ranges": {d: list(r) for d, r in self.ranges},
-            "inputs": [p.to_dict() for p in self.inputs],
-        }
-
-
-@dataclass(frozen=True)
-class EnginePlan:
-    """Every engine for one model.
-
-    ``kind`` is "single" (one engine), "split" (one engine per value of the discretised dims)
-    or "buckets" (one static-batch engine per static-batch ONNX).
-    """
-
-    kind: str
-    engines: tuple[EngineSpec, ...]
-    keep_dynamic: str | None
-    split: tuple[tuple[str, tuple[int, ...]], ...]
-
-    def engine_for(self, sizes: Mapping[str, int]) -> EngineSpec:
-        """The first engine that runs at ``sizes``; ConfigError when none does."""
-        for spec in self.engines:
-            if spec.accepts(sizes):
-                return spec
-        raise ConfigError(
-            f"no planned engine runs at {dict(sizes)}; engines: "
-            + "; ".join(f"{e.engine_name} ({e.description})" for e in self.engines),
-            hint="pad the input up to a planned size, or pass split=... with the sizes you need",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "keep_dynamic": self.keep_dynamic,
-            "split": {d: list(v) for d, v in self.split},
-            "engines": [e.to_dict() for e in self.engines],
-        }
 
 
 # --------------------------------------------------------------------------- planning
@@ -159,13 +49,8 @@ def default_split_values(lo: int, opt: int, hi: int) -> tuple[int, ...]:
     wastes at most half the work.
     """
     anchors = {lo, opt, hi}
-    values = set(anchors)
-    p = 1
-    while p < hi:
-        if p > lo and all(abs(p - a) > _NEAR_ANCHOR * a for a in anchors):
-            values.add(p)
-        p *= 2
-    return tuple(sorted(values))
+    far = [p for p in powers_of_two(lo, hi) if all(abs(p - a) > _NEAR_ANCHOR * a for a in anchors)]
+    return tuple(sorted(anchors | set(far)))
 
 
 def _tag(dim: str) -> str:
@@ -207,7 +92,7 @@ def plan_engines(
     inputs: Sequence[TensorSpec],
     ranges: Mapping[str, tuple[int, int, int]],
     *,
-    keep_dynamic: str = "batch",
+    keep_dynamic: str = Settings.keep_dynamic,
     split: Mapping[str, Sequence[int]] | None = None,
 ) -> EnginePlan:
     """Engines for one dynamic ONNX model.
@@ -224,53 +109,12 @@ def plan_engines(
     check_ranges(ranges, dims)
     check_against_onnx(onnx_path, inputs)
     split = dict(split or {})
-
-    for d in split:
-        if d not in dims:
-            raise ConfigError(f"split names {d!r}, which is not a dynamic dim of the inputs (dynamic dims: {dims})")
-    if len(dims) > 1:
-        if keep_dynamic not in dims:
-            raise ConfigError(
-                f"keep_dynamic={keep_dynamic!r} is not a dynamic dim; the inputs have dynamic dims {dims}",
-                hint=f"pass keep_dynamic= one of {dims}: the dim that varies most from call to call",
-            )
-        if keep_dynamic in split:
-            raise ConfigError(f"dim {keep_dynamic!r} can't be both kept dynamic and split")
-        discrete = [d for d in dims if d != keep_dynamic]
-    else:
-        discrete = [d for d in dims if d in split]
-
-    values: dict[str, tuple[int, ...]] = {}
-    for d in discrete:
-        lo, opt, hi = ranges[d]
-        if d in split:
-            vals = tuple(sorted({int(v) for v in split[d]}))
-            if not vals:
-                raise ConfigError(f"split[{d!r}] is empty")
-            bad = [v for v in vals if not lo <= v <= hi]
-            if bad:
-                raise ConfigError(
-                    f"split[{d!r}] has sizes {bad} outside the range {lo}..{hi} that is verified",
-                    hint=f"widen the range of {d!r} or drop those sizes",
-                )
-        else:
-            vals = default_split_values(lo, opt, hi)
-        values[d] = vals
-
+    discrete = _discretised(dims, keep_dynamic, split)
+    values = {d: _split_values(d, ranges[d], split.get(d)) for d in discrete}
     dynamic = [d for d in dims if d not in values]
     dyn_ranges = tuple((d, tuple(int(v) for v in ranges[d])) for d in dynamic)
-    engines = []
-    for combo in itertools.product(*(values[d] for d in discrete)):
-        fixed = tuple(zip(discrete, (int(v) for v in combo)))
-        name = onnx_path.stem + "".join(f"_{_tag(d)}{v}" for d, v in fixed) + ENGINE_SUFFIX
-        engines.append(EngineSpec(
-            onnx_path=onnx_path,
-            engine_name=name,
-            inputs=_profiles(inputs, dict(fixed), dict(dyn_ranges)),
-            fixed=fixed,
-            ranges=dyn_ranges,  # type: ignore[arg-type]
-            description=_describe(fixed, dyn_ranges),  # type: ignore[arg-type]
-        ))
+    engines = [_split_engine(onnx_path, inputs, tuple(zip(discrete, (int(v) for v in combo))), dyn_ranges)
+               for combo in itertools.product(*(values[d] for d in discrete))]
     check_unique(engines)
     plan = EnginePlan(
         kind="split" if discrete else "single",
@@ -281,6 +125,55 @@ def plan_engines(
     log.info("planned %d TensorRT engine(s) for %s: %s", len(engines), onnx_path.name,
              "; ".join(e.description for e in engines))
     return plan
+
+
+def _discretised(dims: Sequence[str], keep_dynamic: str, split: Mapping[str, Sequence[int]]) -> list[str]:
+    """The dims that get one engine per value: every dim but ``keep_dynamic`` when there are
+    several, else only the ones ``split`` names."""
+    for d in split:
+        if d not in dims:
+            raise ConfigError(f"split names {d!r}, which is not a dynamic dim of the inputs (dynamic dims: {dims})")
+    if len(dims) <= 1:
+        return [d for d in dims if d in split]
+    if keep_dynamic not in dims:
+        raise ConfigError(
+            f"keep_dynamic={keep_dynamic!r} is not a dynamic dim; the inputs have dynamic dims {dims}",
+            hint=f"pass keep_dynamic= one of {dims}: the dim that varies most from call to call",
+        )
+    if keep_dynamic in split:
+        raise ConfigError(f"dim {keep_dynamic!r} can't be both kept dynamic and split")
+    return [d for d in dims if d != keep_dynamic]
+
+
+def _split_values(d: str, rng: tuple[int, int, int], given: Sequence[int] | None) -> tuple[int, ...]:
+    """The sizes dim ``d`` is built at: ``given`` (checked against its verified range) or the default."""
+    lo, opt, hi = rng
+    if given is None:
+        return default_split_values(lo, opt, hi)
+    vals = tuple(sorted({int(v) for v in given}))
+    if not vals:
+        raise ConfigError(f"split[{d!r}] is empty")
+    bad = [v for v in vals if not lo <= v <= hi]
+    if bad:
+        raise ConfigError(
+            f"split[{d!r}] has sizes {bad} outside the range {lo}..{hi} that is verified",
+            hint=f"widen the range of {d!r} or drop those sizes",
+        )
+    return vals
+
+
+def _split_engine(onnx_path: Path, inputs: Sequence[TensorSpec], fixed: tuple[tuple[str, int], ...],
+                  dyn_ranges: tuple[tuple[str, tuple[int, ...]], ...]) -> EngineSpec:
+    """The engine for one combination of the discretised dims' values."""
+    name = onnx_path.stem + "".join(f"_{_tag(d)}{v}" for d, v in fixed) + ENGINE_SUFFIX
+    return EngineSpec(
+        onnx_path=onnx_path,
+        engine_name=name,
+        inputs=_profiles(inputs, dict(fixed), dict(dyn_ranges)),  # type: ignore[arg-type]
+        fixed=fixed,
+        ranges=dyn_ranges,  # type: ignore[arg-type]
+        description=_describe(fixed, dyn_ranges),  # type: ignore[arg-type]
+    )
 
 
 def plan_buckets(

@@ -12,6 +12,8 @@ import pytest
 from fxtrt.backend.tensorrt import (
     EnginePlan,
     build_engines,
+    engine_loader,
+    engine_loaders,
     plan_engines,
     polygraphy_loaders,
     tensorrt_status,
@@ -27,12 +29,12 @@ def test_polygraphy_loaders_are_lazy_and_carry_the_planned_profiles(seq_onnx: Pa
     trt_was_imported = "tensorrt" in sys.modules
     plan = plan_engines(seq_onnx, SEQ_SPECS, SEQ_RANGES)
     cache = tmp_path / "timing.cache"
-    loaders = polygraphy_loaders(plan, cache)
-    assert [spec for spec, _ in loaders] == list(plan.engines)
-    for spec, loader in loaders:
+    loaders = engine_loaders(plan, cache)
+    assert [e.spec for e in loaders] == list(plan.engines)
+    assert [(s, e) for s, e in polygraphy_loaders(plan, cache)] and len(polygraphy_loaders(plan, cache)) == len(loaders)
+    for composed in loaders:
+        spec, network, config, loader = composed.spec, composed.network, composed.config, composed.engine
         assert isinstance(loader, EngineBytesFromNetwork)
-        # Polygraphy keeps the composed loaders privately; they are what will run on the GPU.
-        network, config = loader._network, loader._config
         assert isinstance(network, NetworkFromOnnxPath) and isinstance(config, CreateConfig)
         assert network.path == str(seq_onnx) and network.strongly_typed is True
         assert config.fp16 is False and config.tf32 is False  # precision comes from the ONNX types
@@ -43,7 +45,7 @@ def test_polygraphy_loaders_are_lazy_and_carry_the_planned_profiles(seq_onnx: Pa
             assert tuple(profile[p.name].min) == p.min
             assert tuple(profile[p.name].opt) == p.opt
             assert tuple(profile[p.name].max) == p.max
-    runner = trt_runner(loaders[0][1], name="trt")
+    runner = trt_runner(loaders[0].engine, name="trt")
     assert runner.name.startswith("trt")
     if not trt_was_imported:
         assert "tensorrt" not in sys.modules, "building loaders and runners must not import TensorRT"
@@ -54,7 +56,7 @@ def test_trt_runner_accepts_an_engine_file(tmp_path: Path) -> None:
 
     runner = trt_runner(tmp_path / "model.engine")
     assert isinstance(runner, TrtRunner)
-    assert isinstance(runner._engine_or_context, EngineFromPath)
+    assert isinstance(engine_loader(tmp_path / "model.engine"), EngineFromPath)
 
 
 def test_tensorrt_status_answers_without_raising() -> None:

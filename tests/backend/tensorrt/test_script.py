@@ -84,8 +84,7 @@ def test_polygraphy_cli_reads_the_commands_as_the_plan_says(seq_onnx: Path) -> N
     (poly,) = [c for c in commands if c.tool == "polygraphy"]
     generated = out_dir / "gen.py"
     subprocess.run(
-        [sys.executable, "-c", "import sys; from polygraphy.tools._main import main; sys.exit(main())",
-         *poly.argv, "--gen-script", str(generated)],
+        [str(Path(sys.executable).with_name("polygraphy")), *poly.argv, "--gen-script", str(generated)],
         cwd=out_dir, check=True, capture_output=True,
     )
     code = generated.read_text()

@@ -1,15 +1,14 @@
-"""Build a plan's engines with Polygraphy's lazy loaders, and run them.
+"""Build a plan's engines with Polygraphy's lazy loaders, which compose: the serialized engine
+from the network from the ONNX path, nothing done until the outermost one is called.
 
-Nothing here imports ``tensorrt`` until an engine is actually built: Polygraphy's loaders are
-lazy callables, and :func:`tensorrt_status` is the only place that tries the import on purpose.
+Nothing here imports ``tensorrt`` until an engine is actually built, and :func:`tensorrt_status`
+is the only place that tries the import on purpose. Running the engines is :mod:`.runner`.
 
 Example::
 
     ok, why = tensorrt_status()
     if ok:
         paths = build_engines(plan, Path("out"))   # needs TensorRT and a GPU
-        with trt_runner(paths[0]) as runner:
-            runner.infer(feed)
 """
 from __future__ import annotations
 
@@ -17,10 +16,11 @@ import importlib
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fxtrt.backend.tensorrt.plan import BUILD_SCRIPT_NAME, PARTIAL_SUFFIX, TIMING_CACHE_NAME, EnginePlan, EngineSpec
+from fxtrt.backend.tensorrt.specs import BUILD_SCRIPT_NAME, PARTIAL_SUFFIX, TIMING_CACHE_NAME, EnginePlan, EngineSpec
 from fxtrt.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,20 @@ def polygraphy_profile(spec: EngineSpec) -> Any:
     return profile
 
 
-def polygraphy_loaders(plan: EnginePlan, timing_cache: Path) -> list[tuple[EngineSpec, Callable[[], Any]]]:
-    """Per engine, a lazy Polygraphy loader that returns the *serialized* engine when called.
+@dataclass(frozen=True)
+class EngineLoaders:
+    """The composed Polygraphy loaders of one planned engine, each kept by name (Polygraphy keeps
+    them only privately inside the outer loader): the network parsed from the ONNX file, the
+    builder config with the engine's profile, and the loader that builds the serialized engine."""
+
+    spec: EngineSpec
+    network: Any  # NetworkFromOnnxPath
+    config: Any  # CreateConfig
+    engine: Callable[[], Any]  # EngineBytesFromNetwork(network, config)
+
+
+def engine_loaders(plan: EnginePlan, timing_cache: Path) -> list[EngineLoaders]:
+    """Per engine, lazy Polygraphy loaders that return the *serialized* engine when called.
 
     ``NetworkFromOnnxPath(strongly_typed=True)`` -> ``EngineBytesFromNetwork(config=CreateConfig(
     profiles=[...], load_timing_cache=...), save_timing_cache=...)``. Bytes rather than
@@ -77,15 +89,21 @@ def polygraphy_loaders(plan: EnginePlan, timing_cache: Path) -> list[tuple[Engin
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
     from polygraphy.logger import G_LOGGER
 
-    out: list[tuple[EngineSpec, Callable[[], Any]]] = []
+    out: list[EngineLoaders] = []
     for spec in plan.engines:
         network = NetworkFromOnnxPath(str(spec.onnx_path), strongly_typed=True)
         # tf32=False: fp32 layers compute in fp32, as eager PyTorch does by default on CPU.
         # (CreateConfig logs an info line about TF32 per instance; that is noise here.)
         with G_LOGGER.verbosity(G_LOGGER.WARNING):
             config = CreateConfig(tf32=False, profiles=[polygraphy_profile(spec)], load_timing_cache=str(timing_cache))
-        out.append((spec, EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))))
+        engine = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))
+        out.append(EngineLoaders(spec, network, config, engine))
     return out
+
+
+def polygraphy_loaders(plan: EnginePlan, timing_cache: Path) -> list[tuple[EngineSpec, Callable[[], Any]]]:
+    """(engine spec, the loader that builds its serialized engine), per planned engine."""
+    return [(e.spec, e.engine) for e in engine_loaders(plan, timing_cache)]
 
 
 def build_engines(plan: EnginePlan, out_dir: Path, timing_cache: Path | None = None) -> list[Path]:
@@ -133,22 +151,3 @@ def _write_atomically(dest: Path, data: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
-
-
-def trt_runner(engine: Path | str | Callable[[], Any], *, name: str | None = None,
-               optimization_profile: int | None = None) -> Any:
-    """A Polygraphy ``TrtRunner`` for an engine file, or a loader from :func:`polygraphy_loaders`.
-
-    Lazy like everything else: TensorRT is imported when the runner is activated.
-    """
-    from polygraphy.backend.trt import EngineBytesFromNetwork, EngineFromBytes, EngineFromNetwork, EngineFromPath, TrtRunner
-
-    if isinstance(engine, (str, Path)):
-        loader: Any = EngineFromPath(str(engine))
-    elif isinstance(engine, EngineBytesFromNetwork) and not isinstance(engine, EngineFromNetwork):
-        loader = EngineFromBytes(engine)
-    else:
-        loader = engine
-    return TrtRunner(loader, name=name, optimization_profile=optimization_profile)
-
-

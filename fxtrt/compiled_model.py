@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -37,14 +37,16 @@ class CompiledModel:
     ``model_fp16.onnx``; the fp32 model stays in ``report.artifacts["onnx_fp32"]``. For a bucket
     set, ``buckets`` lists the static batch sizes, ``onnx_paths`` maps each to its model,
     ``onnx_path`` is the largest bucket's, and ``run`` serves any batch size through them.
-    ``artifact`` is what ``run`` serves through; ``engines`` the TensorRT engine set, if planned.
+    ``artifact`` is what ``run`` serves through; ``made`` the artifacts compile's stages made
+    beside it, by stage name; ``engines`` the TensorRT engine set among them, if planned.
     """
 
     def __init__(self, artifact: Artifact, report: Report, captured: CapturedGraph, settings: Settings,
                  binding: Binding | None = None, graph_module: torch.fx.GraphModule | None = None,
-                 engines: EngineSet | None = None, claims: Claims | None = None) -> None:
+                 made: Mapping[str, Artifact] | None = None, claims: Claims | None = None) -> None:
         self.artifact = artifact
-        self.engines = engines
+        self.made: dict[str, Artifact] = dict(made or {})
+        self.engines: EngineSet | None = self.made.get("engines")  # type: ignore[assignment]
         self.onnx_path = artifact.primary
         self.onnx_paths: dict[int, Path] = {b: m.primary for b, m in artifact.members().items() if b is not None}
         self.buckets: tuple[int, ...] | None = tuple(self.onnx_paths) or None
@@ -55,19 +57,9 @@ class CompiledModel:
         self.output_names = captured.output_names
         self._out_spec = captured.out_spec
         self._binding = binding or Binding(captured.input_names, len(captured.input_names))
-        self._session = None
         # what run() serves: the example's static sizes and the verified ranges of the dynamic dims
         self.claims = claims or Claims.of(self.input_names, [tuple(t.shape) for t in captured.example],
                                           artifact.claimed())
-
-    @property
-    def session(self):
-        """An ONNX Runtime session on ``onnx_path``."""
-        if self._session is None:
-            import onnxruntime as ort
-
-            self._session = ort.InferenceSession(str(self.onnx_path), providers=["CPUExecutionProvider"])
-        return self._session
 
     def run(self, *inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
         """Run with ONNX Runtime (CPU) through the artifact's runner, the one verification drove.

@@ -1,6 +1,6 @@
 import torch
 
-from fxtrt.frontend.inputs import diff_sizes, grid_sizes, inputs_at, resize_dim, symbolic_size, verification_sizes
+from fxtrt.sizes import diff_sizes, grid_sizes, inputs_at, resize_dim, symbolic_size, verification_sizes
 from fxtrt.settings import DynamicDim
 
 

@@ -1,4 +1,8 @@
-"""Build a model and example inputs from command-line text.
+"""The CLI's model zoo: build a model and example inputs from command-line text.
+
+It sits beside the command, not in the capture layer, because it changes the process: it sets
+``YOLO_CONFIG_DIR`` for ultralytics and registers a ``path/to/file.py`` module in ``sys.modules``
+while the factory runs. Only :mod:`fxtrt.cli` (and tests) import it.
 
 Model specs, all offline with random weights (nothing is downloaded):
 

@@ -1,10 +1,19 @@
-"""Inputs at other sizes, made from the user's example.
+"""The sizes fxtrt traces, checks and builds at, and the example resized to them.
+
+Capture, verification, bucket sets and TensorRT plans all pick sizes from a dim's range; the
+rules live here, below every layer that uses them, so none has to reach up or sideways for them.
 
 Tiling (then cropping) along a dynamic dim keeps every value one the model has already seen:
 token ids stay valid ids, masks stay masks, lengths stay in range. Along the batch, the copies
 of a floating-point input are nudged apart (:func:`vary_copies`): identical samples would hide
 every interaction between samples (a statistic over the batch, padding, chunking) from the
 checks that run on these inputs.
+
+Example::
+
+    grid_sizes(DynamicDim("h", 32, 64, 128, ((0, 2),), 64))       # range(32, 129, 32)
+    verification_points(settings.dims)                            # [{"batch": 1}, {"batch": 8}, ...]
+    powers_of_two(1, 32, start=4)                                 # [4, 8, 16]
 """
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from fxtrt.settings import DynamicDim
+from fxtrt.settings import BATCH_NAME, DynamicDim
 
 
 def resize_dim(t: torch.Tensor, dim: int, size: int, vary: bool = False) -> torch.Tensor:
@@ -92,3 +101,90 @@ def verification_sizes(dim: DynamicDim) -> list[int]:
     if pick is not None:
         sizes.add(pick)
     return sorted(sizes)
+
+
+def _unique(points: Sequence[dict[str, int]]) -> list[dict[str, int]]:
+    unique: list[dict[str, int]] = []
+    for p in points:
+        if p not in unique:
+            unique.append(p)
+    return unique
+
+
+def verification_points(dims: Sequence[DynamicDim], traced_low: Mapping[str, int] | None = None,
+                        extra: Sequence[Mapping[str, int]] = ()) -> list[dict[str, int]]:
+    """The first dim (the batch) at min/opt/odd/max with the others at opt; each other dim at
+    min, one size in between and max (at the first dim's extremes), all on the dims' grids.
+
+    ``traced_low``: where torch.export traced a dim only from above its min (its 0/1 rule), a
+    size in that gap is checked too. ``extra``: more sizes (the others at opt), such as where a
+    fact torch assumed fails.
+    """
+    if not dims:
+        return [{}]
+    opt = {d.name: d.opt for d in dims}
+    first, rest = dims[0], dims[1:]
+    points = [{**opt, first.name: s} for s in verification_sizes(first)]
+    for d in rest:
+        mid = [s for s in verification_sizes(d) if s not in (d.min, d.max, d.opt)]
+        for s in sorted({d.min, d.max}):
+            for f in sorted({first.min, first.max}):
+                points.append({**opt, d.name: s, first.name: f})
+        for s in mid:
+            points.append({**opt, d.name: s, first.name: first.opt})
+    for d in dims:
+        low = (traced_low or {}).get(d.name, d.min)
+        gap = [s for s in grid_sizes(d, d.min + 1) if s < low]
+        if gap:
+            points.append({**opt, d.name: gap[len(gap) // 2]})
+    points += [{**opt, **p} for p in extra]
+    return _unique(points)
+
+
+def powers_of_two(lo: int, hi: int, start: int = 1) -> list[int]:
+    """The powers of two from ``start`` up that lie strictly between ``lo`` and ``hi``: the sizes
+    both bucket sets and split TensorRT engines add between a range's anchors, so that padding a
+    request up to the next size wastes at most half the work."""
+    out = []
+    p = start
+    while p < hi:
+        if p > lo:
+            out.append(p)
+        p *= 2
+    return out
+
+
+def _between(a: int, b: int) -> int | None:
+    """The odd size nearest the middle of (a, b), the larger one on a tie; None if there is none."""
+    odd = [s for s in range(a + 1, b) if s % 2 == 1]
+    if not odd:
+        inner = list(range(a + 1, b))
+        return inner[len(inner) // 2] if inner else None
+    mid = (a + b) / 2
+    return min(odd, key=lambda s: (abs(s - mid), -s))
+
+
+def bucket_verification_sizes(buckets: Sequence[int]) -> list[int]:
+    """Batch sizes a bucket set is checked at: every bucket, one size between each pair of
+    neighbours (3, 7, 13 for (1, 4, 8, 16)), 1 when the smallest bucket is larger (padding),
+    and the largest + 1 (chunking past the largest bucket)."""
+    sizes = set(buckets)
+    for a, b in zip(buckets, buckets[1:]):
+        s = _between(a, b)
+        if s is not None:
+            sizes.add(s)
+    sizes.add(1)
+    sizes.add(buckets[-1] + 1)
+    return sorted(sizes)
+
+
+def bucket_points(batch_sizes: Sequence[int], others: Sequence[DynamicDim]) -> list[dict[str, int]]:
+    """Verification points: each batch size with the other dims at opt, then the corners of the
+    other dims' extremes at the smallest and largest batch size."""
+    opt = {d.name: d.opt for d in others}
+    points = [{BATCH_NAME: b, **opt} for b in batch_sizes]
+    for d in others:
+        for s in sorted({d.min, d.max}):
+            for b in sorted({batch_sizes[0], batch_sizes[-1]}):
+                points.append({BATCH_NAME: b, **opt, d.name: s})
+    return _unique(points)

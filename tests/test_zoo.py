@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fxtrt.errors import ConfigError
-from fxtrt.frontend.model_spec import load_model
+from fxtrt.zoo import load_model
 
 BERT = 'transformers:BertModel:{"num_hidden_layers":1,"hidden_size":32,"num_attention_heads":2,"intermediate_size":64}'
 

@@ -27,7 +27,7 @@ from fxtrt.artifacts.bucket_set import BucketServer, BucketSet
 from fxtrt.artifacts.claims import Claims
 from fxtrt.artifacts.onnx_model import OnnxModel
 from fxtrt.artifacts.staging import REPORT_FILE
-from fxtrt.backend.verify import Tolerance
+from fxtrt.compare import Tolerance
 from fxtrt.errors import ConfigError
 from fxtrt.settings import BATCH_NAME, DynamicDim
 
@@ -63,7 +63,7 @@ class _Served:
 
 def load(path: str | os.PathLike) -> Any:
     """The :class:`~fxtrt.CompiledModel` an out_dir holds, serving exactly what it claims."""
-    from fxtrt.artifacts.compiled_model import CompiledModel
+    from fxtrt.compiled_model import CompiledModel
     from fxtrt.report import Report
     from fxtrt.settings import Settings
 
@@ -79,7 +79,8 @@ def load(path: str | os.PathLike) -> Any:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{report_path} does not say what the directory serves ({type(exc).__name__}: {exc})",
                           hint="compile again with this version of fxtrt") from None
-    tolerance = Tolerance(float(data.get("settings", {}).get("atol", 1e-4)), float(data.get("settings", {}).get("rtol", 1e-3)))
+    given = data.get("settings", {})
+    tolerance = Tolerance(float(given.get("atol", Settings.atol)), float(given.get("rtol", Settings.rtol)))
     dims = tuple(DynamicDim(d.name, d.min, d.opt or d.min, d.max if d.max is not None else d.min, d.sites,
                             d.opt or d.min, d.step) for d in claims.dims)
     artifact = _artifact(directory, record, claims, outputs, dims, tolerance)

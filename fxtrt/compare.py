@@ -1,0 +1,141 @@
+"""The one match rule, and the one way an input becomes a feed.
+
+In the spirit of Polygraphy's ``CompareFunc.simple``: one function holds the rule every check
+uses (verification, fp16 repair, the divergence search, the per-pass debug check, the batch-size
+probe), with per-call options rather than a copy per caller. The rule is elementwise
+
+    |a - b| <= atol + rtol * |ref|
+
+with NaN against NaN and equal infinities matching, and any other non-finite difference failing.
+(Polygraphy's own "simple" check passes an element when *either* tolerance holds, which is
+looser.) Options: ``per_tensor`` takes the tensor's largest finite ``|ref|`` in place of each
+element's, so the rounding of a large tensor's near-zero entries does not count as divergence;
+``exact_integers`` asks integer and bool tensors to be equal. :func:`roundoff_verdict` is the
+second rule, for outputs that fail the first.
+
+The ONNX model takes float32 where the model took float64 (TensorRT has no float64), so every
+feed, and every FX graph run that stands for the ONNX model, casts through :func:`onnx_input`.
+
+Example::
+
+    c = compare_arrays(ref, out, atol=1e-4, rtol=1e-3)
+    c.passed, c.max_abs, c.max_rel
+    feeds = feeds_at(example, settings.dims, ["x"], [{"batch": 1}, {"batch": 8}])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fxtrt.settings import DynamicDim
+from fxtrt.sizes import inputs_at
+
+Feeds = list[tuple[dict[str, int], dict[str, np.ndarray]]]
+ROUNDOFF_FACTOR = 2.0  # "about as close": at most this many times eager float32's own distance
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|a - b| <= atol + rtol * |ref|``, and the note its rows carry ("fp16 (atol=0.01, rtol=0.01)")."""
+
+    atol: float
+    rtol: float
+    note: str = ""
+    roundoff: bool = True  # a failing output gets the float64 rule (roundoff_verdict); not for fp16
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One tensor against its reference: the worst errors, how many values overflowed where the
+    reference is finite, the largest finite ``|ref|``, and whether the rule held everywhere."""
+
+    max_abs: float
+    max_rel: float
+    nonfinite: int
+    peak: float
+    passed: bool
+    note: str = ""
+
+
+def compare_arrays(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float, *,
+                   per_tensor: bool = False, exact_integers: bool = False) -> Comparison:
+    """``out`` against ``ref`` under ``|a-b| <= atol + rtol*|ref|`` (see the module docstring)."""
+    ref, out = np.asarray(ref), np.asarray(out)
+    if tuple(ref.shape) != tuple(out.shape):
+        return Comparison(float("inf"), float("inf"), 0, 0.0, False,
+                          f"shape {tuple(out.shape)} != expected {tuple(ref.shape)}")
+    if ref.size == 0:
+        return Comparison(0.0, 0.0, 0, 0.0, True)
+    if exact_integers and not (np.issubdtype(ref.dtype, np.floating) or np.issubdtype(out.dtype, np.floating)):
+        err = 0.0 if np.array_equal(ref, out) else float("inf")
+        return Comparison(err, err, 0, 0.0, err == 0.0)
+    a, b = ref.astype(np.float64), out.astype(np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    same_inf = np.isinf(a) & (a == b)
+    nonfinite = int(np.count_nonzero(~np.isfinite(b) & np.isfinite(a)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(both_nan | same_inf, 0.0, np.abs(a - b))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    mag = np.where(np.isfinite(a), np.abs(a), 0.0)
+    peak = float(mag.max())
+    ok = diff <= atol + rtol * (peak if per_tensor else mag)
+    rel = diff / np.maximum(mag, np.finfo(np.float64).tiny)
+    return Comparison(float(diff.max()), float(rel.max()), nonfinite, peak, bool(ok.all()))
+
+
+def tensor_array(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a numpy array to compare: floating types (bfloat16 too) in float64."""
+    t = t.detach().cpu()
+    return (t.to(torch.float64) if t.is_floating_point() else t).numpy()
+
+
+def compare_tensors(ref: torch.Tensor, out: torch.Tensor, atol: float, rtol: float, *,
+                    per_tensor: bool = False, exact_integers: bool = False) -> Comparison:
+    """:func:`compare_arrays` for torch tensors (floating ones compared in float64)."""
+    return compare_arrays(tensor_array(ref), tensor_array(out), atol, rtol, per_tensor=per_tensor,
+                          exact_integers=exact_integers)
+
+
+def roundoff_verdict(ref: np.ndarray, out: np.ndarray, ref64: np.ndarray, atol: float) -> tuple[bool, str]:
+    """The second rule, for outputs that fail the per-element one: float32 round-off, not a
+    wrong export, when the artifact is about as close to the model computed in float64 as eager
+    float32 is (``max|a - f64| <= 2 * max|eager - f64| + atol``). A model whose float32 results
+    are ill-conditioned (saturated softmax over large logits) then passes; a real error of the
+    same size in a well-conditioned model does not."""
+    if ref.shape != out.shape or ref.shape != ref64.shape or ref.size == 0:
+        return False, ""
+    r64 = ref64.astype(np.float64)
+    eager = float(np.nanmax(np.abs(ref.astype(np.float64) - r64)))
+    artifact = float(np.nanmax(np.abs(out.astype(np.float64) - r64)))
+    ok = bool(np.isfinite(artifact)) and artifact <= ROUNDOFF_FACTOR * eager + atol
+    return ok, (f"float64 rule: max|artifact - f64| = {artifact:.3g}, max|eager f32 - f64| = {eager:.3g}, "
+                f"{'within' if ok else 'above'} {ROUNDOFF_FACTOR:g}x + atol")
+
+
+def onnx_input(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the ONNX model takes it: float64 becomes float32, anything else stays."""
+    return t.to(torch.float32) if t.dtype == torch.float64 else t
+
+
+def onnx_inputs(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Every tensor through :func:`onnx_input`: what an FX graph that stands for the ONNX model runs on."""
+    return tuple(onnx_input(t) for t in tensors)
+
+
+def feed_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy type a feed of a ``dtype`` input has."""
+    return onnx_input(torch.empty((), dtype=dtype)).numpy().dtype
+
+
+def onnx_feed(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    """The tensors as one ONNX feed, by input name."""
+    return {n: t.numpy() for n, t in zip(names, onnx_inputs(tensors))}
+
+
+def feeds_at(example: Sequence[torch.Tensor], dims: Sequence[DynamicDim], names: Sequence[str],
+             points: Sequence[Mapping[str, int]]) -> Feeds:
+    """The example resized to each point, as ONNX feeds."""
+    return [(dict(sizes), onnx_feed(names, inputs_at(example, dims, sizes))) for sizes in points]

@@ -1,0 +1,149 @@
+"""Where a dynamic dim stops: the model's own limits, and ranges past torch.export's proof.
+
+A mixin of the capture run (``capture._Capturer``): these methods decide, by running the model
+eagerly, whether a narrower range torch.export proves is the model's limit (a ``ConfigError``
+naming the range that works and the line), a range to verify past the proof (a ``Hole``), or
+torch's 0/1 rule at the low end.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Mapping
+
+from fxtrt.errors import ConfigError
+from fxtrt.frontend.export import eager_failure
+from fxtrt.frontend.guards import Hole, check_hole_runs
+from fxtrt.settings import DynamicDim
+from fxtrt.sizes import grid_sizes, inputs_at
+
+if TYPE_CHECKING:
+    import torch
+
+    from fxtrt.frontend.state import ModuleState
+
+log = logging.getLogger(__name__)
+
+
+class Limits:
+    """The limit decisions of one capture run; the run holds the state they read and update."""
+
+    model: "torch.nn.Module"
+    example: tuple
+    dims: tuple[DynamicDim, ...]
+    sizes: dict[str, int]
+    ranges: dict[str, tuple[int, int]]
+    beyond: list[Hole]
+    notes: list[str]
+    state: "ModuleState"
+
+    def _model_limit(self, sizes: Mapping[str, int]) -> ConfigError | None:
+        """A trace failed: if the model itself fails once one dim leaves its example size (a
+        Linear's feature dim declared dynamic), that dim's limit is the model's: a ConfigError
+        with the sizes around the example where it runs."""
+        for d in self.dims:
+            size = sizes.get(d.name, d.example)
+            if d.is_batch or size == d.example:
+                continue
+            failure = self._eager_at(d, size)
+            if failure is None:
+                continue
+            works = [d.example]
+            for step in (1, -1):  # the grid sizes next to the example where the model runs, a few each way
+                grid = [g for g in grid_sizes(d) if (g - d.example) * step > 0][::step][:4]
+                for g in grid:
+                    if self._eager_at(d, g) is not None:
+                        break
+                    works.append(g)
+            lo, hi = min(works), max(works)
+            message, source = failure
+            if lo == hi:
+                hint = f"the model needs '{d.name}' to be {lo}: leave it out of the dynamic dims"
+            else:
+                hint = f"ask for '{d.name}' within {lo}..{hi}; the limit is the model's, not a baked size"
+            return ConfigError(f"dynamic dim '{d.name}' works only for {lo}..{hi} in this model, not {d.min}..{d.max}: "
+                               f"at {d.name}={size} the model fails: {message}", source=source, hint=hint)
+        return None
+
+    def _eager_at(self, d: DynamicDim, size: int) -> tuple[str, str | None] | None:
+        self.state.restore()
+        try:
+            return eager_failure(self.model, inputs_at(self.example, self.dims, {d.name: size}))
+        finally:
+            self.state.restore()
+
+    def _beyond_proof(self, d: DynamicDim, lo: int, proven: int, hi: int) -> None:
+        """torch.export proves one graph only up to ``proven`` (a slice end clamped by a static
+        size, say), yet ONNX may serve past it. Where the model runs eagerly past it, the graph is
+        traced over ``lo..proven`` and verified past the proof (every grid size past it, up to
+        64; else the boundary, the max and 8 between): a :class:`Hole` that names the first size
+        where the artifact differs. Where the model itself fails past it, that is its limit."""
+        past = list(grid_sizes(d, proven + 1))
+        if not past:
+            raise self._limit(d, lo, proven, "max")
+        if len(past) > 64:
+            step = (len(past) - 1) / 9
+            past = sorted({past[0], past[1], past[-1], *(past[round(k * step)] for k in range(1, 9))})
+        for size in past:
+            self.state.restore()
+            failure = eager_failure(self.model, inputs_at(self.example, self.dims, {**self.sizes, d.name: size}))
+            self.state.restore()
+            if failure is not None:
+                served = max([proven] + [s for s in past if s < size])
+                if served == proven:
+                    raise self._limit(d, lo, proven, "max", probe=size, failure=failure)
+                raise self._limit(d, lo, served, "max", probe=size, failure=failure)
+        self.ranges[d.name] = (self.ranges[d.name][0], proven)
+        points = tuple({d.name: s} for s in past)
+        self.beyond.append(Hole(f"the graph it proves for '{d.name}' in {lo}..{proven} also serves {proven + 1}.."
+                                f"{hi}", None, points, beyond=(d.name, d.min, proven)))
+        shown = ", ".join(str(s) for s in past[:12]) + (", ..." if len(past) > 12 else "")
+        self.notes.append(f"torch.export proves one graph for dim '{d.name}' only for {lo}..{proven}; the model runs "
+                          f"past it, so the graph is verified beyond torch.export's proof at {d.name}={shown}")
+
+    def _low_limit(self, d: DynamicDim, new_lo: int, hi: int) -> None:
+        """torch.export proves the graph only from ``new_lo``: if the model runs eagerly at the
+        declared min the graph is traced from ``new_lo`` and verified from min; else it is the
+        model's own limit."""
+        at_min = {**self.sizes, d.name: d.min}
+        self.state.restore()
+        failure = eager_failure(self.model, inputs_at(self.example, self.dims, at_min))
+        self.state.restore()
+        if failure is not None:
+            raise self._limit(d, new_lo, hi, "min", d.min, failure)
+        self.ranges[d.name] = (new_lo, hi)
+        if self.sizes[d.name] < new_lo:
+            self.sizes[d.name] = next(iter(grid_sizes(d, new_lo)))
+        self.notes.append(
+            f"torch.export traces dim '{d.name}' only from {new_lo} (it assumes sizes inside the model are never 1); "
+            f"the model runs at {d.min}, so the graph serves {d.min}..{d.max} and is verified at {d.min} and in between"
+        )
+
+    def runs_at(self, hole: Hole) -> None:
+        self.state.restore()
+        try:
+            check_hole_runs(self.model, self.example, self.dims, hole)
+        finally:
+            self.state.restore()
+
+    def _limit(self, d: DynamicDim, lo: int, hi: int, end: str, probe: int | None = None,
+               failure: tuple[str, str | None] | None = None) -> ConfigError:
+        """ConfigError: the model itself limits the dim; name the range that works and the line."""
+        if probe is None:
+            probe = next(iter(grid_sizes(d, hi + 1)), d.max)
+        if failure is None:
+            self.state.restore()
+            failure = eager_failure(self.model, inputs_at(self.example, self.dims, {**self.sizes, d.name: probe}))
+            self.state.restore()
+        asked = f"{d.min}..{d.max}"
+        if failure is not None:
+            message, source = failure
+            what = f"at {d.name}={probe} the model fails: {message}"
+        else:
+            source = None
+            what = f"torch.export proves one graph for {lo}..{hi} only (the model runs at {probe}, but its graph changes)"
+        fix = f"max={hi}" if end == "max" else f"min={lo}"
+        return ConfigError(
+            f"dynamic dim '{d.name}' works only for {lo}..{hi} in this model, not {asked}: {what}",
+            source=source,
+            hint=f"ask for {d.name} within {lo}..{hi} ({fix}); the limit is the model's, not a baked size",
+        )
