@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import logging
+import re
 import sys
 import sysconfig
 import tempfile
@@ -48,7 +49,9 @@ def digest(spec) -> str:
 
 def _portable(path: Path) -> bytes:
     """The model's bytes with the checkout's own path cut from its provenance strings (the
-    user's ``file:line`` of each node), so two checkouts of one commit digest alike."""
+    user's ``file:line`` of each node), so two checkouts of one commit digest alike; torch's
+    per-process ``<eval_with_key>.N`` counter is cut too (fxtrt itself has written it without
+    the number since 2026-12-05; older commits did not)."""
     import onnx
 
     import fxtrt
@@ -60,7 +63,8 @@ def _portable(path: Path) -> bytes:
     def clean(graph: onnx.GraphProto) -> None:
         for node in graph.node:
             for prop in node.metadata_props:
-                prop.value = prop.value.replace(site, "<site>").replace(root, "<repo>")
+                prop.value = re.sub(r"<eval_with_key>\.\d+", "<eval_with_key>",
+                                    prop.value.replace(site, "<site>").replace(root, "<repo>"))
             node.doc_string = node.doc_string.replace(site, "<site>").replace(root, "<repo>")
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
