@@ -101,6 +101,7 @@ class _Capturer(Limits):
         self.beyond: list[Hole] = []  # ranges past torch.export's proof, verified there
         self.notes: list[str] = []
         self.exports = 0
+        self.auto = False  # the solver failed: every trace uses Dim.DYNAMIC, the ranges read back
 
     def export(self, sizes: Mapping[str, int], widen: bool = False, auto: bool = False,
                limits: bool = True) -> torch.export.ExportedProgram:
@@ -109,7 +110,7 @@ class _Capturer(Limits):
         ranges = {n: r for n, r in self.ranges.items() if n not in self.baked}
         if widen:  # a graph torch proves for a wider range holds in the declared one
             ranges = {n: (lo, hi + max(hi - lo, 8) * (self.by_name[n].step or 1)) for n, (lo, hi) in ranges.items()}
-        named = torch_dims(self.dims, ranges, auto=auto)
+        named = torch_dims(self.dims, ranges, auto=auto or self.auto)
         spec = dynamic_shapes(len(self.example), self.dims, named) if named else None
         inputs = inputs_at(self.example, self.dims, sizes)
         log.debug("capturing at %s, symbolic in %s", dict(sizes), sorted(named))
@@ -199,16 +200,25 @@ class _Capturer(Limits):
                 self._low_limit(self.by_name[name], low, self.ranges[name][1])
         self.notes.append(f"torch.export's constraint solver failed ({failure.message.split(': ', 1)[-1][:120]}), "
                           "so the graph was captured with Dim.DYNAMIC and its ranges read back from the graph")
+        self.auto = True
         return ep
 
     def _bake_for_solver(self, failure: SolverFailure) -> torch.export.ExportedProgram:
-        """Still failing: the first dim (batch last) without which the solver succeeds is baked and
-        generalised by trace diffing, like a dim torch specialises."""
+        """Still failing: the first dim (batch last) without which the solver succeeds, or without
+        which the others capture with ``Dim.DYNAMIC`` (a batch a per-sample loop specialises keeps
+        the Dim.DYNAMIC capture from reading the others back), is baked and generalised by trace
+        diffing, like a dim torch specialises."""
         for d in sorted((d for d in self.dims if d.name not in self.baked), key=lambda d: d.is_batch):
             self.baked[d.name] = f"torch.export's constraint solver fails with '{d.name}' symbolic"
             try:
                 ep = self.export(self._trace_sizes())
-            except (SolverFailure, Violation):
+            except SolverFailure as again:
+                auto = self._auto(again) if not any(d.step for d in self.dims) else None
+                if auto is None:
+                    del self.baked[d.name]
+                    continue
+                ep = auto
+            except Violation:
                 del self.baked[d.name]
                 continue
             log.info("dim '%s' is baked into the graph (%s); it is generalised by trace diffing", d.name,

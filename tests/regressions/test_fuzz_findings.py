@@ -170,3 +170,32 @@ def test_a_dim_specialised_at_its_trace_size_is_traced_at_another_first(tmp_path
     compiled = _compile(model, torch.randn(2, 4, 8), tmp_path, batch=None, dynamic={0: {1: ("seq", 4, 4, 13)}})
     assert compiled.report.stages["capture"]["dims"]["seq"]["how"] == "symbolic from capture"
     _check(compiled, model, (2, 5, 8), (2, 8, 8), (2, 13, 8), (2, 6, 8))
+
+
+class WindowMeanThenPerSample(torch.nn.Module):
+    """seed 0, models m0115 and m0116 (floordiv_window#0 + per_sample_loop#0, img, batch and H, W
+    independent): torch's constraint solver fails with H and W symbolic ("Cannot create Dim with
+    inconsistent min=-1, max=-5"), and the per-sample loop specialises the batch, so the
+    Dim.DYNAMIC capture could not read the batch back. Before: a SolverFailure refusal. Now the
+    batch is baked (a bucket set: the loop follows it) and H, W are captured with Dim.DYNAMIC."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        ph, pw = (-h) % 4, (-w) % 4
+        y = F.pad(x, (0, pw, 0, ph))
+        y = y.reshape(b, c, (h + ph) // 4, 4, (w + pw) // 4, 4).mean((3, 5), keepdim=True)
+        x = x + y.expand(-1, -1, -1, 4, -1, 4).reshape(b, c, h + ph, w + pw)[:, :, :h, :w]
+        return torch.stack([self.conv(s[None])[0] for s in x])
+
+
+def test_a_solver_failure_with_a_batch_the_model_specialises_is_captured(tmp_path):
+    torch.manual_seed(0)
+    model = WindowMeanThenPerSample().eval()
+    side = (8, 8, 21)
+    compiled = _compile(model, torch.randn(1, 4, 8, 8), tmp_path, batch=(2, 2, 7), dynamic={0: {2: side, 3: side}})
+    assert compiled.report.stages["buckets"]["automatic"]
+    _check(compiled, model, (2, 4, 8, 9), (3, 4, 21, 13), (7, 4, 10, 21), (1, 4, 17, 8))
