@@ -23,6 +23,15 @@ def _check(compiled, model, *shapes):
             torch.testing.assert_close(torch.as_tensor(compiled(x)), model(x), atol=1e-4, rtol=1e-3)
 
 
+def window_mean(x):
+    """The fuzzer's floordiv_window#0: pad H and W to a multiple of 4, add each 4x4 window's mean."""
+    b, c, h, w = x.shape
+    ph, pw = (-h) % 4, (-w) % 4
+    y = F.pad(x, (0, pw, 0, ph))
+    y = y.reshape(b, c, (h + ph) // 4, 4, (w + pw) // 4, 4).mean((3, 5), keepdim=True)
+    return x + y.expand(-1, -1, -1, 4, -1, 4).reshape(b, c, h + ph, w + pw)[:, :, :h, :w]
+
+
 class CropOfUpsampledPool(torch.nn.Module):
     """seed 0, model 6 (floordiv_window#1, img, H=W dynamic): torch assumes the crop ``[:h]`` of a
     2*ceil(h/2) long tensor is not a no-op, which fails at every even h. Before: a ConfigError
@@ -129,12 +138,7 @@ class WindowThenCrop(torch.nn.Module):
     the ranges are read back from the graph."""
 
     def forward(self, x):
-        b, c, h, w = x.shape
-        ph, pw = (-h) % 4, (-w) % 4
-        y = F.pad(x, (0, pw, 0, ph))
-        y = y.reshape(b, c, (h + ph) // 4, 4, (w + pw) // 4, 4).mean((3, 5), keepdim=True)
-        x = x + y.expand(-1, -1, -1, 4, -1, 4).reshape(b, c, h + ph, w + pw)[:, :, :h, :w]
-        return CropOfUpsampledPool()(x)
+        return CropOfUpsampledPool()(window_mean(x))
 
 
 def test_a_solver_that_fails_everywhere_is_bypassed_with_dim_dynamic(tmp_path):
@@ -184,12 +188,7 @@ class WindowMeanThenPerSample(torch.nn.Module):
         self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
 
     def forward(self, x):
-        b, c, h, w = x.shape
-        ph, pw = (-h) % 4, (-w) % 4
-        y = F.pad(x, (0, pw, 0, ph))
-        y = y.reshape(b, c, (h + ph) // 4, 4, (w + pw) // 4, 4).mean((3, 5), keepdim=True)
-        x = x + y.expand(-1, -1, -1, 4, -1, 4).reshape(b, c, h + ph, w + pw)[:, :, :h, :w]
-        return torch.stack([self.conv(s[None])[0] for s in x])
+        return torch.stack([self.conv(s[None])[0] for s in window_mean(x)])
 
 
 def test_a_solver_failure_with_a_batch_the_model_specialises_is_captured(tmp_path):

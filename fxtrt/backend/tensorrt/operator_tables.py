@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -40,6 +41,8 @@ _HEADER = re.compile(r"TensorRT\s+([0-9.]+)\s+supports operators.*?opset\s+(\d+)
 _HEADER_OLD = re.compile(r"TensorRT\s+([0-9.]+)\s+supports operators up to Opset\s+(\d+)", re.S)
 _TYPES_LINE = re.compile(r"TensorRT supports the following ONNX data types:\s*(.+)")
 _OP_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(args.out)
-    print(f"wrote {args.out}: " + ", ".join(f"{s.key} from {s.repo}@{s.ref} ({s.commit[:12]})" for s in sources))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log.info("wrote %s: %s", args.out, ", ".join(f"{s.key} from {s.repo}@{s.ref} ({s.commit[:12]})" for s in sources))
     return 0
 
 
