@@ -146,7 +146,7 @@ class _Capturer(Limits):
         "expected an equality constraint"): the capture with ``Dim.DYNAMIC``, then over wider
         ranges, then traced at the next grid sizes of every dim (a size where no crop is a no-op). Deferred asserts are still checked over the
         declared ranges, and the graph is verified over them."""
-        auto = self._auto(failure) if not any(d.step for d in self.dims) else None
+        auto = self._auto(failure)
         if auto is not None:
             return auto
 
@@ -176,7 +176,10 @@ class _Capturer(Limits):
     def _auto(self, failure: SolverFailure) -> torch.export.ExportedProgram | None:
         """The capture with ``Dim.DYNAMIC``, which never runs the failing solver; what torch made
         of each dim is then read off the graph: the declared range kept (or torch's 0/1 rule at
-        its low end, handled as ever), else None (a dim specialised or cut short)."""
+        its low end, handled as ever), else None (a dim specialised or cut short, or a dim with a
+        step, which Dim.DYNAMIC cannot express)."""
+        if any(d.step for d in self.dims):
+            return None
         try:
             ep = self.export(self._trace_sizes(), auto=True)
         except Exception:
@@ -213,7 +216,7 @@ class _Capturer(Limits):
             try:
                 ep = self.export(self._trace_sizes())
             except SolverFailure as again:
-                auto = self._auto(again) if not any(d.step for d in self.dims) else None
+                auto = self._auto(again)
                 if auto is None:
                     del self.baked[d.name]
                     continue
