@@ -19,7 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import psutil
@@ -40,6 +40,10 @@ REFERENCE_META = "reference.json"
 CELL_RESULT = "result.json"
 LOG_FILE = "log.txt"
 
+# How a job finds its model by name: the corpus by default; the zoo sweep passes its own
+# (a module-level function, so the fork server can pickle it by reference).
+SpecResolver = Callable[[str], ModelSpec]
+
 
 class HarnessError(RuntimeError):
     """The benchmark itself could not run a job (not the exporter's fault)."""
@@ -56,6 +60,7 @@ class JobSettings:
     tolerance: Tolerance = field(default_factory=Tolerance)
     opset: int = 17
     batch_profile: tuple[int, int, int] = (1, 8, 32)
+    ort_threads: int | None = None  # ONNX Runtime's intra-op threads; None: one per CPU
 
     def __post_init__(self) -> None:
         if 1 not in self.batches:
@@ -91,6 +96,29 @@ def _error_text(exc: BaseException, limit: int = 600) -> str:
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     notes = "".join(f" [{note}]" for note in getattr(exc, "__notes__", []))
     return f"{type(exc).__name__}: {message}{where}{notes}"
+
+
+def _frame_name(frame: traceback.FrameSummary) -> str:
+    """``torch/onnx/_internal/x.py:function``: the file below site-packages (or from the repo's
+    package down) and the function, without a line number, so one bug's variants group together."""
+    parts = Path(frame.filename).parts
+    if "site-packages" in parts:
+        parts = parts[len(parts) - parts[::-1].index("site-packages"):]
+    else:
+        top = next((i for i, p in enumerate(parts) if p in ("fxtrt", "benchmarks", "tests")), len(parts) - 1)
+        parts = parts[top:]
+    return f"{'/'.join(parts)}:{frame.name}"
+
+
+def _error_fields(exc: BaseException) -> dict[str, str]:
+    """What failure tables group by: the type, the message's first line and the innermost frame."""
+    lines = _ANSI.sub("", str(exc)).strip().splitlines()
+    frames = traceback.extract_tb(exc.__traceback__)
+    return {
+        "error_type": type(exc).__name__,
+        "error_line": (lines[0] if lines else "")[:300],
+        "error_frame": _frame_name(frames[-1]) if frames else "",
+    }
 
 
 def _rss_mb() -> float:
@@ -165,12 +193,12 @@ def _reference_cases(spec: ModelSpec, settings: JobSettings) -> tuple[Case, ...]
     return cases if spec.example_case in cases else (*cases, spec.example_case)
 
 
-def run_reference(model_name: str, settings: JobSettings, ref_dir: Path) -> None:
+def run_reference(model_name: str, settings: JobSettings, ref_dir: Path, resolve: SpecResolver = get_spec) -> None:
     """Build the model, run eager at every judged case, and save inputs, outputs and metadata."""
     _redirect_output(ref_dir / LOG_FILE)
     meta: dict[str, Any] = {"model": model_name, "ok": False}
     try:
-        spec = get_spec(model_name)
+        spec = resolve(model_name)
         t0 = time.perf_counter()
         prepared = prepare_model(spec, settings.seed)
         meta.update(
@@ -216,6 +244,7 @@ def run_reference(model_name: str, settings: JobSettings, ref_dir: Path) -> None
     except Exception as exc:  # noqa: BLE001 - any failure to build or run eager skips the model
         log.exception("reference for %s failed", model_name)
         meta["error"] = _error_text(exc)
+        meta.update(_error_fields(exc))
     write_json_atomic(ref_dir / REFERENCE_META, meta)
 
 
@@ -224,27 +253,34 @@ def _seed_input_names(names: tuple[str, ...]) -> tuple[str, ...]:
     return ("input",) if len(names) == 1 else names
 
 
-def run_cell(model_name: str, exporter_name: str, settings: JobSettings, ref_dir: Path, cell_dir: Path) -> None:
+def run_cell(
+    model_name: str, exporter_name: str, settings: JobSettings, ref_dir: Path, cell_dir: Path,
+    resolve: SpecResolver = get_spec,
+) -> None:
     """Export one model with one exporter, check it against the eager reference, time it."""
     _redirect_output(cell_dir / LOG_FILE)
     # The fork server froze its imports out of the collector's reach (cheap forks); let this
     # process collect like any exporting script would, so export times include normal GC work.
     gc.unfreeze()
-    cell = _Cell(model_name, exporter_name, settings, ref_dir, cell_dir)
+    cell = _Cell(model_name, exporter_name, settings, ref_dir, cell_dir, resolve)
     cell.checkpoint("build")
     try:
         cell.run()
     except Exception as exc:  # noqa: BLE001 - a harness failure is recorded, not raised
         log.exception("cell %s x %s failed in the harness", model_name, exporter_name)
-        cell.row.update(outcome=Outcome.ERROR.value, detail=f"harness, phase {cell.row['phase']}: {_error_text(exc)}")
+        cell.row.update(outcome=Outcome.ERROR.value, detail=f"harness, phase {cell.row['phase']}: {_error_text(exc)}",
+                        **_error_fields(exc))
     cell.checkpoint("done")
 
 
 class _Cell:
     """One (model, exporter) job; ``row`` is the result, written to disk at every phase."""
 
-    def __init__(self, model_name: str, exporter_name: str, settings: JobSettings, ref_dir: Path, cell_dir: Path) -> None:
-        self.spec = get_spec(model_name)
+    def __init__(
+        self, model_name: str, exporter_name: str, settings: JobSettings, ref_dir: Path, cell_dir: Path,
+        resolve: SpecResolver = get_spec,
+    ) -> None:
+        self.spec = resolve(model_name)
         self.exporter = EXPORTERS[exporter_name]
         self.settings = settings
         self.ref_dir = ref_dir
@@ -270,6 +306,8 @@ class _Cell:
         result = self._export(meta, arrays)
         if result is None:
             return
+        self.row["onnx_path"] = str(result.onnx_path)
+        self.row["onnx_input_names"] = list(result.input_names) if result.input_names else None
         self.checkpoint("stats")
         try:
             stats = graph_stats(result.onnx_path)
@@ -281,9 +319,10 @@ class _Cell:
             self.row["stats_error"] = _error_text(exc)
         self.checkpoint("session")
         try:
-            session = make_session(result.onnx_path)
+            session = make_session(result.onnx_path, self.settings.ort_threads)
         except Exception as exc:  # noqa: BLE001 - ORT rejected the exported file
-            self.row.update(outcome=Outcome.LOUD.value, detail=f"ORT could not load the model: {_error_text(exc)}")
+            self.row.update(outcome=Outcome.LOUD.value, detail=f"ORT could not load the model: {_error_text(exc)}",
+                            **_error_fields(exc))
             return
         feeds = _Feeds(session, arrays, self.n_inputs, result.input_names)
         self._note_fixed_dims(session, result)
@@ -335,7 +374,7 @@ class _Cell:
             self.row.update(
                 outcome=(Outcome.REFUSED if refused else Outcome.CRASH).value,
                 detail=_error_text(error),
-                error_type=type(error).__name__,
+                **_error_fields(error),
             )
         return result
 
@@ -354,6 +393,8 @@ class _Cell:
                 got = run(feeds.session, feeds.for_case(key))
             except Exception as exc:  # noqa: BLE001 - an error at run time is the LOUD outcome
                 batches[key] = {"status": "raised", "detail": _error_text(exc, 300)}
+                if "error_type" not in self.row:
+                    self.row.update(_error_fields(exc))
                 continue
             if len(got) != len(want):
                 batches[key] = {"status": "wrong", "detail": f"{len(got)} outputs, eager has {len(want)}"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from fxtrt.backend.verify import VerifyRow, format_rows
+from fxtrt.backend.verify import VerifyRow, VerifyTime, format_rows
 from fxtrt.frontend.capture import TRACE_DIFF, CapturedGraph
 from fxtrt.passes.infra import PassRecord
 
@@ -41,6 +41,13 @@ class Report:
     buckets: dict[int, dict[str, Any]] = field(default_factory=dict)
     # how each artifact's stages read as text, from the artifact itself (Artifact.stage_text)
     stage_text: dict[str, Callable[[str, dict], list]] = field(default_factory=dict, repr=False, compare=False)
+    # every verification of the compile: its time and its floor (``stages["verify"]``)
+    verify_time: VerifyTime = field(default_factory=VerifyTime, repr=False, compare=False)
+
+    def verified_rows(self, rows: Iterable[VerifyRow]) -> None:
+        """Rows of one verification, and its time so far as ``stages["verify"]``."""
+        self.verification += rows
+        self.stages["verify"] = self.verify_time.to_dict()
 
     def add(self, artifact: "Artifact") -> None:
         """What an artifact adds: its ``stages`` entries (and how they read), and its notes."""

@@ -1,4 +1,15 @@
-"""Clean the emitted ONNX: shape inference, GraphSurgeon folding, then onnxsim.
+"""Clean the emitted ONNX with onnxsim alone, on the graph without the weights it cannot fold.
+
+torch.onnx's optimizer has already folded constants and removed unused nodes when the model gets
+here; onnxsim (its own shape inference, folding and fusions) does the rest. A shape inference and
+a GraphSurgeon fold before it gave the same graph at twice the time on the fidelity benchmark's
+models, so they are not run (``benchmarks/results/2026-12-05-cleanup/``). Most of onnxsim's time
+and memory is the weights going to C++ and back (0.5 s and four copies of resnet50's 100 MB), so
+weights that only feed a Conv or MatMul with an activation go in as typed inputs and come back
+after (:func:`_foldable_weights`): 0.06 s on resnet50. That gives up onnxsim's MatMul+Add → Gemm
+fusion, which on a dynamic sequence wraps each Gemm in computed Reshapes (bert: 220 → 253 nodes,
+44 → 74 shape ops, for ~1.3% ONNX Runtime latency). Models whose weights pass protobuf's 2 GB
+cannot go through onnxsim; GraphSurgeon folds those.
 
 Symbolic dims must survive: onnxsim is run without fixed input shapes, and
 :func:`fxtrt.backend.dynamic_dims.check_dynamic_dims` verifies the dims afterwards.
@@ -9,14 +20,15 @@ import collections
 import contextlib
 import io
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-import onnx.shape_inference
 
 from fxtrt.backend.emit import dim_names
+from fxtrt.backend.shape_inference import copy_fields, weightless
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.settings import Settings
 
@@ -38,20 +50,18 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def cleanup(model: onnx.ModelProto, *, size_limit: int = PROTOBUF_LIMIT) -> Cleaned:
-    """Fold and simplify. Models past ``size_limit`` skip the steps that serialise to protobuf."""
-    import onnx_graphsurgeon as gs  # heavy import; only when cleaning
-
+    """Fold and simplify ``model``, which is consumed (its weights move into the result). Models
+    whose weights pass ``size_limit`` skip the steps that serialise to protobuf."""
     before = op_counts(model)
     provenance = {n.name: list(n.metadata_props) for n in model.graph.node if n.name and n.metadata_props}
     notes: list[str] = []
-    big = _byte_size(model) >= size_limit
-    if not big:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    graph = gs.import_onnx(model)
-    with contextlib.redirect_stdout(io.StringIO()):
-        graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
-    model = gs.export_onnx(graph, do_type_check=False)
-    if big:
+    if _weight_bytes(model) >= size_limit:  # onnxsim serialises the model: past 2 GB, GraphSurgeon folds instead
+        import onnx_graphsurgeon as gs  # heavy import; only for such models
+
+        graph = gs.import_onnx(model)
+        with contextlib.redirect_stdout(io.StringIO()):
+            graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
+        model = gs.export_onnx(graph, do_type_check=False)
         notes.append("the model is over 2 GB: onnxsim was skipped and weights are saved as external data")
     else:
         model = _simplify(model, notes)
@@ -86,19 +96,13 @@ def _stable_provenance(graph: onnx.GraphProto) -> None:
                 _stable_provenance(sub)
 
 
-def _byte_size(model: onnx.ModelProto) -> int:
-    try:
-        return model.ByteSize()
-    except Exception:  # protobuf refuses to size messages past 2 GB on some builds
-        return PROTOBUF_LIMIT
-
-
 def _simplify(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     import onnxsim
 
+    light, n_inputs = weightless(model, keep=_foldable_weights(model.graph))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            simplified, ok = onnxsim.simplify(model, check_n=0, certify=False)
+            simplified, ok = onnxsim.simplify(light, check_n=0, certify=False)
     except Exception as exc:  # onnxsim is best effort: the unsimplified model is still valid
         notes.append(f"onnxsim failed and was skipped: {type(exc).__name__}: {str(exc)[:200]}")
         log.warning("onnxsim failed: %s", exc)
@@ -106,16 +110,70 @@ def _simplify(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     if not ok:
         notes.append("onnxsim could not validate its result; the unsimplified model was kept")
         return model
-    return simplified
+    stripped = {i.name for i in list(light.graph.input)[n_inputs:]}
+    return _with_weights(simplified, model, stripped) if stripped else simplified
+
+
+def _foldable_weights(graph: onnx.GraphProto) -> set[str]:
+    """Initializers onnxsim may fold: read by a node whose every input is constant (a Gather of
+    gate rows, a Transpose of a table), or from inside a subgraph. The others feed a Conv or a
+    MatMul with an activation, which nothing folds, so onnxsim gets their types and shapes only."""
+    constant = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    keep: set[str] = set()
+    for node in graph.node:
+        if all(i in constant for i in node.input if i):
+            keep.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                keep.update(i for n in sub.node for i in n.input)
+    return keep
+
+
+def _with_weights(simplified: onnx.ModelProto, original: onnx.ModelProto, stripped: set[str]) -> onnx.ModelProto:
+    """onnxsim's graph in ``original``, whose weights stay where they are (moved, not copied: a
+    copy would hold the model's weights twice); onnxsim's own initializers follow them, and a
+    weight no node reads any more is dropped. ``original`` is consumed."""
+    used = {i for n in simplified.graph.node for i in n.input} | {o.name for o in simplified.graph.output}
+    graph = original.graph
+    for i in reversed(range(len(graph.initializer))):  # in place, keeping the order of the ones kept
+        if graph.initializer[i].name not in stripped or graph.initializer[i].name not in used:
+            del graph.initializer[i]
+    for field in [f.name for f, _ in graph.ListFields() if f.name != "initializer"]:
+        graph.ClearField(field)
+    for field in [f.name for f, _ in original.ListFields() if f.name != "graph"]:
+        original.ClearField(field)
+    copy_fields(simplified, original, skip="graph")
+    copy_fields(simplified.graph, graph, skip="initializer")
+    graph.initializer.extend(simplified.graph.initializer)
+    inputs = [i for i in graph.input if i.name not in stripped]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    return original
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, threshold: int = PROTOBUF_LIMIT) -> None:
-    """Models past ``threshold`` bytes keep their weights in ``<name>.data`` beside the file."""
-    if _byte_size(model) >= threshold:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
+    """Models past ``threshold`` bytes keep their weights in ``<name>.data`` beside the file.
+
+    The size is the weights' (``ByteSize`` would walk the model once more than saving does); the
+    threshold's default leaves 64 MB for the graph itself below protobuf's 2 GB.
+    """
+    if _weight_bytes(model) < threshold:
+        try:
+            path.write_bytes(model.SerializeToString())
+            return
+        except Exception:  # past protobuf's limit after all: the weights go beside it
+            log.debug("the model does not serialise in one piece; saving its weights beside it", exc_info=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    """The initializers' bytes from their types and shapes, without serialising anything."""
+    total = 0
+    for t in model.graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 1
+        total += math.prod(t.dims) * itemsize
+    return total
 
 
 def restore_dim_names(model: onnx.ModelProto, captured: CapturedGraph, settings: Settings) -> list[str]:

@@ -22,7 +22,7 @@ import torch.fx
 from fxtrt.backend.opset import convert_opset
 from fxtrt.backend.recurrent import TRANSLATIONS as RECURRENT_TRANSLATIONS
 from fxtrt.backend.recurrent import recurrent_notes
-from fxtrt.compare import onnx_inputs
+from fxtrt.backend.translate import translate
 from fxtrt.errors import EmitError
 from fxtrt.frontend.captured import CapturedGraph
 from fxtrt.frontend.source import source_of
@@ -38,8 +38,23 @@ LAYER_NORMS = frozenset({torch.ops.aten.layer_norm.default, torch.ops.aten.nativ
 
 @dataclass
 class Emitted:
-    model: onnx.ModelProto
+    model: onnx.ModelProto | None
     notes: list[str]
+
+    def take_model(self) -> onnx.ModelProto:
+        """The model, handed over: cleanup then holds the only reference, so the emitted weights
+        are freed as soon as it has made its own."""
+        model, self.model = self.model, None
+        assert model is not None, "the emitted model was already handed over"
+        return model
+
+
+def layer_norm_decompositions() -> dict:
+    """LayerNorm into primitive ops (opset < 17 has no LayerNormalization): ``layer_norm`` into
+    ``native_layer_norm``, and that into mean, variance and arithmetic."""
+    return {torch.ops.aten.layer_norm.default: torch.export.default_decompositions()[torch.ops.aten.layer_norm.default],
+            torch.ops.aten.native_layer_norm.default:
+                torch._decomp.decomposition_table[torch.ops.aten.native_layer_norm.default]}
 
 
 def has_layer_norm(gm: torch.fx.GraphModule) -> bool:
@@ -52,28 +67,23 @@ def emit_onnx(ep: torch.export.ExportedProgram, captured: CapturedGraph, dims: S
     symbolic, named as in the settings."""
     gm = ep.graph_module
     notes: list[str] = recurrent_notes(gm)
-    inputs = onnx_inputs(captured.base.inputs)
+    extra: dict = {}
     if opset < 17 and has_layer_norm(gm):
         notes.append(
             f"the model has LayerNorm but opset={opset} < 17: LayerNorm was decomposed into primitive ops; "
             "the seed recommends opset >= 17 with TensorRT >= 8.6.1"
         )
-        table = torch.export.default_decompositions()
-        table.update({op: torch._decomp.decomposition_table[op] for op in (torch.ops.aten.native_layer_norm.default,)})
-        ep = ep.run_decompositions(table)
+        extra = layer_norm_decompositions()
     sink = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), collect_torch_log():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                ep, inputs, dynamo=True, opset_version=max(opset, EXPORTER_OPSET),
-                input_names=list(captured.input_names), output_names=list(captured.output_names),
-                optimize=True, verbose=False, external_data=True,
-                custom_translation_table=RECURRENT_TRANSLATIONS,  # fxtrt::lstm/gru/rnn -> ONNX LSTM/GRU/RNN
-            )
+            proto = translate(ep, opset=max(opset, EXPORTER_OPSET), input_names=captured.input_names,
+                              output_names=captured.output_names, extra_decompositions=extra,
+                              custom=RECURRENT_TRANSLATIONS)  # fxtrt::lstm/gru/rnn -> ONNX LSTM/GRU/RNN
     except Exception as exc:
         raise translation_error(exc, ep, max(opset, EXPORTER_OPSET)) from exc
-    model = convert_opset(program.model_proto, opset)
+    model = convert_opset(proto, opset, in_place=True)  # the proto is ours: no second copy of the weights
     _name_dims(model, dims, captured.input_names)
     return Emitted(model, notes)
 
@@ -91,7 +101,7 @@ def translation_error(exc: Exception, ep: torch.export.ExportedProgram, opset: i
     torch.onnx words a missing translation as a multi-paragraph ConversionError whose first line
     is generic; the op and the FX node are named in its summary.
     """
-    text = _ANSI.sub("", str(exc))
+    text = _ANSI.sub("", "\n".join(str(e) for e in _chain(exc)))
     missing = _NO_FUNCTION.search(text)
     failed = _FAILED_NODE.search(text)
     target = f"{missing['op']}.{missing['overload']}" if missing else None
@@ -111,6 +121,15 @@ def translation_error(exc: Exception, ep: torch.export.ExportedProgram, opset: i
         node=failed["node"] if failed else None, source=source,
         hint="please report this with the model",
     )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes: torch.onnx's translator names the node outermost and the op in a cause."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
 
 
 def _graph_node(ep: torch.export.ExportedProgram, name: str | None, target: str | None,

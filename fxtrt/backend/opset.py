@@ -20,6 +20,7 @@ import onnx
 import onnx.numpy_helper
 import onnx.version_converter
 
+from fxtrt.backend.shape_inference import infer_shapes, weightless
 from fxtrt.errors import EmitError
 from fxtrt.frontend.source import onnx_node_source
 
@@ -34,15 +35,16 @@ def opset_of(model: onnx.ModelProto) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """``model`` at ``opset``, checked by onnx.checker, or an EmitError naming the node."""
+def convert_opset(model: onnx.ModelProto, opset: int, *, in_place: bool = False) -> onnx.ModelProto:
+    """``model`` at ``opset``, checked by onnx.checker, or an EmitError naming the node.
+    ``in_place``: convert ``model`` itself (the caller owns it), not a copy of its weights."""
     current = opset_of(model)
     if current == opset:
         return model
     if current != 18 or opset > 18:
         raise EmitError(f"cannot convert an opset-{current} model to opset {opset}")
     _check_ops_exist(model, opset)
-    model = _down_18_to_17(model)
+    model = _down_18_to_17(model, in_place)
     if opset < 17:
         try:
             model = onnx.version_converter.convert_version(model, opset)
@@ -53,7 +55,7 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
                 hint="use opset=17 (the seed's recommendation) or 18",
             ) from exc
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(weightless(model)[0])  # the converted nodes, not the weights torch.onnx wrote
     except onnx.checker.ValidationError as exc:
         raise EmitError(f"the opset-{opset} model does not pass onnx.checker: {str(exc).splitlines()[0]}") from exc
     return model
@@ -97,11 +99,15 @@ def _check_ops_exist(model: onnx.ModelProto, opset: int) -> None:
             )
 
 
-def _down_18_to_17(src: onnx.ModelProto) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(src)
+def _down_18_to_17(src: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+    model = src if in_place else onnx.ModelProto()
+    if not in_place:
+        model.CopyFrom(src)
     consts = {k: v for g in _graphs(model.graph) for k, v in _constants(g).items()}
-    shapes = _static_shapes(model)
+    # shapes only for a Split that needs its input's size (shape inference is the conversion's main cost)
+    needs_shapes = any(n.op_type == "Split" and any(a.name == "num_outputs" for a in n.attribute)
+                       for n in _nodes(model))
+    shapes = _static_shapes(model) if needs_shapes else {}
     for node in _nodes(model):
         if node.domain not in ("", "ai.onnx"):
             continue
@@ -168,7 +174,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes(model)
     out = {}
     for vi in [vi for g in _graphs(inferred.graph) for vi in (*g.input, *g.value_info, *g.output)]:
         if vi.type.tensor_type.HasField("shape"):

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,33 @@ class VerifyRow:
                 "max_abs": self.max_abs, "max_rel": self.max_rel, "passed": self.passed, "note": self.note}
 
 
+@dataclass
+class VerifyTime:
+    """Verification's time and its floor, measured in the same run.
+
+    The floor is what verification cannot avoid: each eager run of the original (the reference
+    runs once per size, whichever artifacts compare with it), each artifact run and each session
+    opened. ``seconds`` is all of :func:`verify`, comparisons and feeds included.
+    """
+
+    seconds: float = 0.0
+    eager_seconds: float = 0.0
+    runtime_seconds: float = 0.0
+    session_seconds: float = 0.0
+    eager_runs: int = 0
+    runtime_runs: int = 0
+
+    @property
+    def floor_seconds(self) -> float:
+        return self.eager_seconds + self.runtime_seconds + self.session_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 3), "floor_seconds": round(self.floor_seconds, 3),
+                "eager_seconds": round(self.eager_seconds, 3), "runtime_seconds": round(self.runtime_seconds, 3),
+                "session_seconds": round(self.session_seconds, 3), "eager_runs": self.eager_runs,
+                "runtime_runs": self.runtime_runs}
+
+
 class Verifiable(Protocol):
     """What :func:`verify` needs of an artifact; :class:`fxtrt.artifacts.Artifact` declares it.
     Written here so that verification does not reach up into the artifacts that build on it."""
@@ -89,11 +117,13 @@ def run_comparison(
     rtol: float,
     files: Sequence[Path] = (),
     float64: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray] | None] | None = None,
+    timing: VerifyTime | None = None,
 ) -> list[VerifyRow]:
     """Run every runner on every feed with Polygraphy's Comparator; compare each to the first.
     A runner that raises is a VerificationError (see :func:`runtime_failures`; ``files``: the
     ONNX files run, for the failing node's line). ``float64``: the model's outputs at a feed
-    computed in float64, for :func:`roundoff_verdict` on outputs that fail the per-element rule."""
+    computed in float64, for :func:`roundoff_verdict` on outputs that fail the per-element rule.
+    ``timing`` gets each run's and each activation's time (the first runner's: eager)."""
     from polygraphy.comparator import Comparator
 
     rows: list[VerifyRow] = []
@@ -102,6 +132,8 @@ def run_comparison(
         for sizes, feed in feeds:
             with runtime_failures(sizes, files):
                 results = next(stream)
+            if timing is not None:
+                _add_runs(timing, results)
             ref_name, ref_iters = results[0]
             ref = ref_iters[0]
             for other_name, other_iters in list(results)[1:]:
@@ -121,7 +153,21 @@ def run_comparison(
                     label = "" if len(runners) == 2 else f"{other_name} vs {ref_name}"
                     rows.append(VerifyRow(sizes, name, tuple(r.shape), c.max_abs, c.max_rel, ok,
                                           "; ".join(x for x in (label, note) if x)))
+    if timing is not None:
+        timing.session_seconds += sum(getattr(r, "activation_seconds", 0.0) for r in runners[1:])
     return rows
+
+
+def _add_runs(timing: VerifyTime, results: Any) -> None:
+    """One feed's run times: the reference's (0 when it reused a run) and the artifact runners'."""
+    for i, (_, iterations) in enumerate(results):
+        runtime = iterations[0].runtime or 0.0
+        if i == 0:
+            timing.eager_seconds += runtime
+            timing.eager_runs += runtime > 0
+        else:
+            timing.runtime_seconds += runtime
+            timing.runtime_runs += 1
 
 
 _STAGING_DIR = re.compile(r"[^\s'\"]*\.fxtrt-staging-[^/\\\s]*[/\\]")
@@ -279,6 +325,7 @@ def verify(
     reference: ReferenceRunner,
     points: Sequence[Mapping[str, int]],
     tolerance: Tolerance,
+    timing: VerifyTime | None = None,
 ) -> list[VerifyRow]:
     """``artifact`` against the original at every point it serves: for each of its parts (an
     engine set's engines; any other artifact is one part) one ``Comparator`` over the reference
@@ -286,7 +333,9 @@ def verify(
 
     A row's note says the check (``tolerance.note``) and how the artifact served the sizes
     (``artifact.describe``: "served as 13->16" for a bucket set, the engine for an engine set).
+    ``timing`` gets verification's time and its floor.
     """
+    start = time.perf_counter()
     rows: list[VerifyRow] = []
     for part in artifact.parts():
         mine = [dict(p) for p in points if part.serves(p)]
@@ -296,11 +345,14 @@ def verify(
         runners = [reference, *part.verify_runners()]
         # atol = rtol = 0 asks for exact agreement: no rule for round-off then
         float64 = reference.float64_outputs if tolerance.roundoff and (tolerance.atol or tolerance.rtol) else None
-        for row in run_comparison(runners, reference.feeds(mine), tolerance.atol, tolerance.rtol, part.files, float64):
+        for row in run_comparison(runners, reference.feeds(mine), tolerance.atol, tolerance.rtol, part.files, float64,
+                                  timing):
             served = part.describe(row.sizes)
             if len(runners) > 2 and served:  # the row's note names the runner: "model.engine: tensorrt vs torch"
                 where = f"{served}: {row.note}"
             else:
                 where = "; ".join(x for x in (served, row.note) if x)
             rows.append(dataclasses.replace(row, note="; ".join(x for x in (tolerance.note, where) if x)))
+    if timing is not None:
+        timing.seconds += time.perf_counter() - start
     return rows

@@ -53,14 +53,15 @@ def settle(artifact: Artifact, rows: Sequence[VerifyRow], report: Report, diverg
     """The artifact as the rows leave it (it may serve less), its rows in the report, its error if one failed."""
     artifact, rows = artifact.settle(rows)
     report.add(artifact)
-    report.verification += rows
+    report.verified_rows(rows)
     artifact.check(rows, divergence)
     return artifact
 
 
 def verified(artifact: Artifact, reference: ReferenceRunner, report: Report) -> Artifact:
     """``artifact`` verified against the compile's one reference at its own points and tolerance."""
-    return settle(artifact, verify(artifact, reference, artifact.points, artifact.tolerance), report)
+    rows = verify(artifact, reference, artifact.points, artifact.tolerance, report.verify_time)
+    return settle(artifact, rows, report)
 
 
 __all__ = ["STAGES", "ArtifactStage", "register_stage", "settle", "verified", "wanted"]

@@ -150,9 +150,10 @@ def lower(
         captured = dataclasses.replace(captured, holes=captured.holes + holes)
         emitted = emit_onnx(program, captured, settings.dims, settings.opset)
         report.note(emitted.notes)
+        del program  # its graph and fake values are not needed past emission
 
     with report.timed("cleanup", 4, total, label):
-        cleaned = cleanup(emitted.model, size_limit=settings.external_data_threshold)
+        cleaned = cleanup(emitted.take_model(), size_limit=settings.external_data_threshold)
         report.note(cleaned.notes)
         report.note(restore_dim_names(cleaned.model, captured, settings))
         check_dynamic_dims(cleaned.model, captured, settings)
@@ -173,7 +174,7 @@ def check_lowered(lowered: Lowered, model: torch.nn.Module, inputs: tuple[torch.
 
     artifact = lowered.artifact
     with report.timed("verify", 5, total):
-        rows = verify(artifact, reference, artifact.points, artifact.tolerance)
+        rows = verify(artifact, reference, artifact.points, artifact.tolerance, report.verify_time)
     return settle(artifact, rows, report, diagnose(rows))
 
 
@@ -207,8 +208,11 @@ def _divergence(rows: list[VerifyRow], report: Report, lowered: Lowered, total: 
 
 
 def _copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule | None:
-    """The graph as captured, for the verdict on a failure (the passes rewrite it in place)."""
+    """The graph as captured, for the verdict on a failure (the passes rewrite it in place). The
+    weights are shared, not copied (a pass that changes one sets a new tensor): a copy would cost
+    the model's size in memory for a verdict most compiles never need."""
+    shared = {id(t): t for t in (*gm.parameters(), *gm.buffers())}
     try:
-        return copy.deepcopy(gm)
+        return copy.deepcopy(gm, memo=shared)
     except Exception:  # a graph that can't be copied gets no verdict on which stage failed
         return None

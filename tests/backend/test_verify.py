@@ -167,3 +167,39 @@ def test_saturated_attention_with_large_logits_passes_by_the_float64_rule():
     with torch.no_grad():
         want = model(x)
     assert (c(x) - want).abs().max() <= 1e-4 + 1e-3 * want.abs().max()
+
+
+class _Convs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+
+
+def test_verification_reports_its_time_and_its_measured_floor(tmp_path):
+    """report.stages["verify"]: the whole of verification and its floor (each eager run, each
+    ONNX Runtime run, each session opened), timed in the same run; one eager run per size."""
+    import fxtrt
+
+    compiled = fxtrt.compile(_Convs().eval(), torch.randn(2, 3, 16, 16), batch=(1, 4, 8), out_dir=tmp_path / "out")
+    timing = compiled.report.stages["verify"]
+    sizes = {tuple(sorted(r.sizes.items())) for r in compiled.report.verification}
+    assert timing["eager_runs"] == timing["runtime_runs"] == len(sizes) >= 3
+    assert 0 < timing["eager_seconds"] and 0 < timing["runtime_seconds"] and 0 < timing["session_seconds"]
+    assert timing["floor_seconds"] == pytest.approx(
+        timing["eager_seconds"] + timing["runtime_seconds"] + timing["session_seconds"], abs=2e-3)
+    assert timing["floor_seconds"] <= timing["seconds"] <= compiled.report.timings["verify"] + 1e-3
+
+
+def test_a_second_artifact_reuses_every_eager_run(tmp_path):
+    """fp16's verification compares with the same reference: no eager call is made twice."""
+    import fxtrt
+
+    compiled = fxtrt.compile(_Convs().eval(), torch.randn(2, 3, 16, 16), batch=(1, 4, 8), precision="fp16",
+                             out_dir=tmp_path / "out")
+    timing = compiled.report.stages["verify"]
+    sizes = {tuple(sorted(r.sizes.items())) for r in compiled.report.verification}
+    assert timing["eager_runs"] == len(sizes)
+    assert timing["runtime_runs"] == 2 * len(sizes)  # the fp32 model's and the fp16 model's

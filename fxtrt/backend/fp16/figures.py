@@ -17,10 +17,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnx.shape_inference
 from onnx import helper
 
 from fxtrt.backend.onnxruntime import open_session, run_session
+from fxtrt.backend.shape_inference import infer_shapes
 from fxtrt.compare import compare_arrays
 from fxtrt.errors import ConfigError, PrecisionError
 
@@ -54,7 +54,7 @@ def expose(model: onnx.ModelProto, names: Sequence[str], types: Mapping[str, int
 
 def real_types(model: onnx.ModelProto, base: Mapping[str, int]) -> dict[str, int]:
     """``base`` (the fp32 model's value types) updated with the types ``model`` really has."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes(model)
     types = dict(base)
     for vi in (*inferred.graph.value_info, *inferred.graph.output):
         if vi.type.tensor_type.elem_type:

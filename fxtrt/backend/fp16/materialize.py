@@ -16,10 +16,10 @@ from typing import Collection, Sequence
 
 import numpy as np
 import onnx
-import onnx.shape_inference
 from onnx import TensorProto, helper, numpy_helper
 
 from fxtrt.backend.fp16.plan import DEFAULT_FP32_OPS, ELEM, FP16, FP32, SHAPE_ONLY_OPS, Fp16Graph, KeptNode
+from fxtrt.backend.shape_inference import infer_shapes
 from fxtrt.errors import PrecisionError
 
 log = logging.getLogger(__name__)
@@ -288,10 +288,10 @@ def _check_types(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
     """Postcondition: the converted model is valid ONNX whose types line up everywhere."""
     try:
         onnx.checker.check_model(converted)
-        onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
+        infer_shapes(converted, check_type=True, strict_mode=True)
     except Exception as exc:
         try:
-            onnx.shape_inference.infer_shapes(original, check_type=True, strict_mode=True)
+            infer_shapes(original, check_type=True, strict_mode=True)
         except Exception:
             log.debug("strict shape inference fails on the fp32 model too; not holding it against fp16: %s", exc)
             return

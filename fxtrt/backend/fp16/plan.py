@@ -19,9 +19,9 @@ from typing import Any, Collection, Iterable, Mapping
 import numpy as np
 import onnx
 import onnx.defs
-import onnx.shape_inference
 from onnx import TensorProto, numpy_helper
 
+from fxtrt.backend.shape_inference import infer_shapes
 from fxtrt.errors import ConfigError, PrecisionError
 
 FP16_MAX = 65504.0
@@ -85,7 +85,7 @@ class Fp16Graph:
                 raise PrecisionError(
                     f"fp16 conversion does not support control flow: node {node.name or i} ({node.op_type}) has a subgraph",
                     node=node.name or None, hint="keep this model in fp32")
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = infer_shapes(model)
         self.types: dict[str, int] = {}
         for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:

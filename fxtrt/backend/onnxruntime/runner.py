@@ -9,6 +9,7 @@ Example::
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -22,10 +23,20 @@ ORT_TYPES: dict[str, type] = {
 
 
 def onnxrt_runner(session: Any | Callable[[], Any], name: str | None = None) -> BaseRunner:
-    """Polygraphy's ``OnnxrtRunner`` over a session or a loader of one."""
+    """Polygraphy's ``OnnxrtRunner`` over a session or a loader of one, which also records how long
+    its activation took (``activation_seconds``: opening the session, when the loader opens one),
+    for verification's measured floor."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    return OnnxrtRunner(session, name=name)
+    class TimedOnnxrtRunner(OnnxrtRunner):
+        activation_seconds = 0.0
+
+        def activate_impl(self) -> None:
+            start = time.perf_counter()
+            super().activate_impl()
+            self.activation_seconds = time.perf_counter() - start
+
+    return TimedOnnxrtRunner(session, name=name)
 
 
 def cast_feed(session: Any, arrays: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:

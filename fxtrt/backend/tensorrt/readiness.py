@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping, MutableMapping
 import onnx
 import onnx.defs
 
+from fxtrt.backend.shape_inference import infer_shapes
 from fxtrt.backend.tensorrt.operator_tables import load_tables
 from fxtrt.backend.tensorrt.restrictions import Finding, NodeView, check_restrictions
 from fxtrt.errors import EngineError
@@ -142,7 +143,7 @@ def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
     try:
-        return onnx.shape_inference.infer_shapes(model)
+        return infer_shapes(model)
     except Exception as exc:  # types stay as declared; checks that need one skip the node
         log.debug("shape inference failed before the readiness check: %s", exc)
         return model
