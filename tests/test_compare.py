@@ -59,3 +59,43 @@ def test_feeds_cast_float64_to_float32_and_keep_integers():
     batch = DynamicDim("batch", 1, 2, 4, ((0, 0), (1, 0)), 2)
     [(sizes, at4)] = feeds_at([x, ids], [batch], ["x", "ids"], [{"batch": 4}])
     assert sizes == {"batch": 4} and at4["x"].shape == (4, 3) and at4["ids"].shape == (4, 3)
+
+
+def _float64_rule(ref, out, atol, rtol, per_tensor):
+    """The rule computed in float64 only, as compare_arrays did before its float32 path."""
+    import fxtrt.compare as c
+
+    saved, c._finite_float32 = c._finite_float32, lambda *args: None
+    try:
+        return compare_arrays(ref, out, atol, rtol, per_tensor=per_tensor)
+    finally:
+        c._finite_float32 = saved
+
+
+def test_the_float32_path_gives_the_float64_rules_verdict_and_maxima():
+    """Random float32 outputs whose errors straddle the bound (some just inside, some just past,
+    exact zeros in the reference): the verdict is the float64 rule's on every draw, the maxima
+    agree to float32 rounding, and the fast path really ran on the passing ones."""
+    from hypothesis import given, settings, strategies as st
+
+    import fxtrt.compare as c
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([0.5, 0.99, 0.99999, 1.0, 1.00001, 1.5]),
+           per_tensor=st.booleans(), zeros=st.booleans())
+    def check(seed, scale, per_tensor, zeros):
+        rng = np.random.default_rng(seed)
+        ref = rng.standard_normal(257).astype(np.float32) * np.float32(rng.choice([1e-3, 1.0, 1e3]))
+        if zeros:
+            ref[::7] = 0
+        peak = np.abs(ref.astype(np.float64)).max()
+        bound = 1e-4 + 1e-3 * (peak if per_tensor else np.abs(ref.astype(np.float64)))
+        out = (ref + (bound * scale * rng.choice([-1, 1], ref.shape)).astype(np.float32)).astype(np.float32)
+        got = compare_arrays(ref, out, 1e-4, 1e-3, per_tensor=per_tensor)
+        want = _float64_rule(ref, out, 1e-4, 1e-3, per_tensor)
+        assert got.passed == want.passed and got.nonfinite == want.nonfinite and got.peak == want.peak
+        assert np.isclose(got.max_abs, want.max_abs, rtol=1e-6) and np.isclose(got.max_rel, want.max_rel, rtol=1e-6)
+        if scale <= 0.99 and got.passed:
+            assert c._finite_float32(ref, out, 1e-4, 1e-3, per_tensor) is not None
+
+    check()

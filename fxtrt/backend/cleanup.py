@@ -9,7 +9,9 @@ weights that only feed a Conv or MatMul with an activation go in as typed inputs
 after (:func:`_foldable_weights`): 0.06 s on resnet50. That gives up onnxsim's MatMul+Add → Gemm
 fusion, which on a dynamic sequence wraps each Gemm in computed Reshapes (bert: 220 → 253 nodes,
 44 → 74 shape ops, for ~1.3% ONNX Runtime latency). Models whose weights pass protobuf's 2 GB
-cannot go through onnxsim; GraphSurgeon folds those.
+cannot go through onnxsim; GraphSurgeon folds those. Last, :mod:`fxtrt.backend.onnxruntime.tune`
+rewrites the few patterns ONNX Runtime's CPU provider runs slowly (issue 19's BERT case:
+``benchmarks/results/2026-12-05-latency/profile-issue-bert.md``).
 
 Symbolic dims must survive: onnxsim is run without fixed input shapes, and
 :func:`fxtrt.backend.dynamic_dims.check_dynamic_dims` verifies the dims afterwards.
@@ -28,7 +30,10 @@ from pathlib import Path
 import onnx
 
 from fxtrt.backend.emit import dim_names
+from fxtrt.backend.onnxruntime.tune import tune_for_onnxruntime
 from fxtrt.backend.shape_inference import copy_fields, weightless
+from fxtrt.backend.stream_write import write_model
+from fxtrt.backend.weights import Weights
 from fxtrt.frontend.capture import CapturedGraph
 from fxtrt.settings import Settings
 
@@ -49,14 +54,20 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
 
 
-def cleanup(model: onnx.ModelProto, *, size_limit: int = PROTOBUF_LIMIT) -> Cleaned:
+def cleanup(model: onnx.ModelProto, *, size_limit: int = PROTOBUF_LIMIT, tune: bool = True,
+            weights: Weights | None = None) -> Cleaned:
     """Fold and simplify ``model``, which is consumed (its weights move into the result). Models
-    whose weights pass ``size_limit`` skip the steps that serialise to protobuf."""
+    whose weights pass ``size_limit`` skip the steps that serialise to protobuf; ``tune=False``
+    leaves out the rewrites for ONNX Runtime; ``weights`` holds the tensors of the model's stubs
+    (:mod:`.weights`), of which the ones onnxsim may fold are made real."""
+    weights = weights if weights is not None else Weights()
     before = op_counts(model)
     provenance = {n.name: list(n.metadata_props) for n in model.graph.node if n.name and n.metadata_props}
     notes: list[str] = []
     if _weight_bytes(model) >= size_limit:  # onnxsim serialises the model: past 2 GB, GraphSurgeon folds instead
         import onnx_graphsurgeon as gs  # heavy import; only for such models
+
+        weights.materialize(model)  # GraphSurgeon reads every weight
 
         graph = gs.import_onnx(model)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -64,7 +75,9 @@ def cleanup(model: onnx.ModelProto, *, size_limit: int = PROTOBUF_LIMIT) -> Clea
         model = gs.export_onnx(graph, do_type_check=False)
         notes.append("the model is over 2 GB: onnxsim was skipped and weights are saved as external data")
     else:
-        model = _simplify(model, notes)
+        model = _simplify(model, notes, weights)
+    if tune:  # ORT's CPU kernels: GELU fused, no SkipLayerNorm, one transpose for the key
+        notes += tune_for_onnxruntime(model).notes
     _restore_provenance(model, provenance)
     return Cleaned(model, before, op_counts(model), notes)
 
@@ -96,10 +109,12 @@ def _stable_provenance(graph: onnx.GraphProto) -> None:
                 _stable_provenance(sub)
 
 
-def _simplify(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+def _simplify(model: onnx.ModelProto, notes: list[str], weights: Weights) -> onnx.ModelProto:
     import onnxsim
 
-    light, n_inputs = weightless(model, keep=_foldable_weights(model.graph))
+    keep = _foldable_weights(model.graph)
+    weights.materialize(model, keep)  # what onnxsim may fold it must read
+    light, n_inputs = weightless(model, keep=keep)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             simplified, ok = onnxsim.simplify(light, check_n=0, certify=False)
@@ -151,18 +166,22 @@ def _with_weights(simplified: onnx.ModelProto, original: onnx.ModelProto, stripp
     return original
 
 
-def save_onnx(model: onnx.ModelProto, path: Path, threshold: int = PROTOBUF_LIMIT) -> None:
-    """Models past ``threshold`` bytes keep their weights in ``<name>.data`` beside the file.
+def save_onnx(model: onnx.ModelProto, path: Path, threshold: int = PROTOBUF_LIMIT,
+              weights: Weights | None = None) -> None:
+    """Models past ``threshold`` bytes keep their weights in ``<name>.data`` beside the file;
+    ``weights`` holds the tensors of the model's stubs (:mod:`.weights`), written in their place.
 
     The size is the weights' (``ByteSize`` would walk the model once more than saving does); the
     threshold's default leaves 64 MB for the graph itself below protobuf's 2 GB.
     """
     if _weight_bytes(model) < threshold:
         try:
-            path.write_bytes(model.SerializeToString())
+            write_model(model, path, weights)  # the real model's bytes, one weight held at a time
             return
-        except Exception:  # past protobuf's limit after all: the weights go beside it
+        except ValueError:  # past protobuf's limit after all: the weights go beside it
             log.debug("the model does not serialise in one piece; saving its weights beside it", exc_info=True)
+    if weights is not None:
+        weights.materialize(model)  # past 2 GB: onnx writes the external data from the proto
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
 

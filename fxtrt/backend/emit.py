@@ -27,6 +27,7 @@ from fxtrt.errors import EmitError
 from fxtrt.frontend.captured import CapturedGraph
 from fxtrt.frontend.source import source_of
 from fxtrt.settings import DynamicDim
+from fxtrt.backend.weights import Weights
 from fxtrt.torch_log import collect_torch_log
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,10 @@ def has_layer_norm(gm: torch.fx.GraphModule) -> bool:
 
 
 def emit_onnx(ep: torch.export.ExportedProgram, captured: CapturedGraph, dims: Sequence[DynamicDim],
-              opset: int) -> Emitted:
+              opset: int, weights: Weights | None = None) -> Emitted:
     """ONNX for ``ep`` (:func:`fxtrt.frontend.program.exported`) with the dims in ``dims``
-    symbolic, named as in the settings."""
+    symbolic, named as in the settings. With ``weights``, the large initializers are stubs whose
+    tensors go there (:mod:`fxtrt.backend.weights`), for a caller that writes the model with them."""
     gm = ep.graph_module
     notes: list[str] = recurrent_notes(gm)
     extra: dict = {}
@@ -80,9 +82,12 @@ def emit_onnx(ep: torch.export.ExportedProgram, captured: CapturedGraph, dims: S
             warnings.simplefilter("ignore")
             proto = translate(ep, opset=max(opset, EXPORTER_OPSET), input_names=captured.input_names,
                               output_names=captured.output_names, extra_decompositions=extra,
-                              custom=RECURRENT_TRANSLATIONS)  # fxtrt::lstm/gru/rnn -> ONNX LSTM/GRU/RNN
+                              custom=RECURRENT_TRANSLATIONS,  # fxtrt::lstm/gru/rnn -> ONNX LSTM/GRU/RNN
+                              weights=weights)
     except Exception as exc:
         raise translation_error(exc, ep, max(opset, EXPORTER_OPSET)) from exc
+    if weights is not None and opset < 17:  # ONNX's C++ converter reads the whole model
+        weights.materialize(proto)
     model = convert_opset(proto, opset, in_place=True)  # the proto is ours: no second copy of the weights
     _name_dims(model, dims, captured.input_names)
     return Emitted(model, notes)

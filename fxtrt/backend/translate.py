@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import onnx
 import torch
+
+from fxtrt.backend.weights import Weights, serialize_aside
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +80,14 @@ def private_path_available() -> bool:
 
 def translate(ep: torch.export.ExportedProgram, *, opset: int, input_names: Sequence[str],
               output_names: Sequence[str], custom: Table, extra_decompositions: Table,
-              public: bool = False) -> onnx.ModelProto:
+              public: bool = False, weights: Weights | None = None) -> onnx.ModelProto:
     """ONNX for ``ep`` at ``opset`` (torch.onnx's native opsets, 18 and up), decomposed once with
     torch.onnx's table plus ``extra_decompositions``; ``public=True`` (or a torch without the
-    private entry points) takes the public ``torch.onnx.export`` instead."""
+    private entry points) takes the public ``torch.onnx.export`` instead. With ``weights``, the
+    large initializers are stubs in the result and their tensors go there (:mod:`.weights`)."""
     if public or not private_path_available():
-        return _public(ep, opset, input_names, output_names, custom, extra_decompositions)
+        program = _public(ep, opset, input_names, output_names, custom, extra_decompositions)
+        return program.model_proto if weights is None else serialize_aside(program.model, weights)
     api = _private()
     registry, table = _registry(opset, tuple(custom.items()))
     with torch.fx.experimental._config.patch(backed_size_oblivious=True):  # as torch.onnx prepares a program
@@ -96,11 +100,11 @@ def translate(ep: torch.export.ExportedProgram, *, opset: int, input_names: Sequ
     program.optimize()
     api.ir_passes.rename_inputs(program.model, list(input_names))
     api.ir_passes.rename_outputs(program.model, list(output_names))
-    return program.model_proto
+    return program.model_proto if weights is None else serialize_aside(program.model, weights)
 
 
 def _public(ep: torch.export.ExportedProgram, opset: int, input_names: Sequence[str], output_names: Sequence[str],
-            custom: Table, extra: Table) -> onnx.ModelProto:
+            custom: Table, extra: Table) -> Any:
     if extra:  # the public exporter takes no extra table: decompose first (it retraces once more itself)
         table = torch.export.default_decompositions()
         table.update(extra)
@@ -108,4 +112,4 @@ def _public(ep: torch.export.ExportedProgram, opset: int, input_names: Sequence[
     return torch.onnx.export(
         ep, (), dynamo=True, opset_version=opset, input_names=list(input_names), output_names=list(output_names),
         optimize=True, verbose=False, external_data=True, custom_translation_table=dict(custom),
-    ).model_proto
+    )

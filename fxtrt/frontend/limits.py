@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from fxtrt.errors import ConfigError
 from fxtrt.frontend.export import eager_failure
-from fxtrt.frontend.guards import Hole, check_hole_runs
+from fxtrt.frontend.guards import Hole, check_hole_runs, step_on_grid
 from fxtrt.settings import DynamicDim
 from fxtrt.sizes import grid_sizes, inputs_at
 
@@ -147,3 +147,31 @@ class Limits:
             source=source,
             hint=f"ask for {d.name} within {lo}..{hi} ({fix}); the limit is the model's, not a baked size",
         )
+
+
+def stepped_limit(model: "torch.nn.Module", example: tuple, dims: tuple[DynamicDim, ...]) -> ConfigError | None:
+    """A dim declared without a step that the model itself runs at only every k-th size.
+
+    fxtrt traces on the dim's grid (gcd of min, opt, max), so such a model captures, yet a claim
+    of every size may not generalise: torch's solver meets ``x/32 == (x/16)//2`` (timm's DLA
+    adds levels whose sizes agree at multiples of 32 only) and gives up. Where the model fails
+    eagerly one past the example, that is its limit, not fxtrt's: a ConfigError with the step it
+    runs at, as :func:`fxtrt.frontend.guards.check_hole_runs` gives for a fact torch assumed.
+    """
+    for d in dims:
+        if d.is_batch or d.step or d.grid == 1:
+            continue
+        near = d.example + 1 if d.example + 1 <= d.max else d.example - 1
+        failure = eager_failure(model, inputs_at(example, dims, {d.name: near}))
+        found = step_on_grid(model, example, dims, {d.name: near}) if failure is not None else None
+        if found is None:
+            continue
+        _, step, runs = found
+        lo, hi = -(-d.min // step) * step, d.max // step * step
+        opt = min(max(lo, d.opt // step * step), hi)
+        return ConfigError(
+            f"dynamic dim '{d.name}' is served only on multiples of {step}: the model runs at "
+            f"{', '.join(map(str, runs))} and fails at {d.name}={near} ({failure[0]}), so no one graph holds "
+            f"every size of {d.min}..{d.max}", source=failure[1],
+            hint=f"declare the step: ({lo}, {opt}, {hi}, {step}) for '{d.name}'")
+    return None

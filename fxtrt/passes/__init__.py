@@ -16,6 +16,7 @@ from fxtrt.errors import ConfigError
 from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
 from fxtrt.passes.drop_noop_squeezes import drop_noop_squeezes
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
+from fxtrt.passes.drop_true_attention_masks import drop_true_attention_masks
 from fxtrt.passes.exact_nearest_resize import exact_nearest_resize
 from fxtrt.passes.explicit_reduce_dims import explicit_reduce_dims
 from fxtrt.passes.fix_dtypes import fix_dtypes
@@ -39,6 +40,7 @@ REGISTRY: dict[str, PassFn] = {fn.__name__: fn for fn in (
     drop_noop_squeezes,
     exact_nearest_resize,
     explicit_reduce_dims,
+    drop_true_attention_masks,
     fold_attention_dims,
     canonicalize_flatten,
     relax_views,

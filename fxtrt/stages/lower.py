@@ -32,12 +32,14 @@ from fxtrt.backend.divergence import graph_verdict
 from fxtrt.backend.divergence import trace_divergence as first_divergence
 from fxtrt.backend.dynamic_dims import check_dynamic_dims
 from fxtrt.backend.emit import dim_names, emit_onnx
+from fxtrt.backend.weights import Weights
 from fxtrt.frontend.program import exported
 from fxtrt.backend.verify import ReferenceRunner, VerifyRow, verify
 from fxtrt.debug import PassDebugger
-from fxtrt.errors import StructureError
+from fxtrt.errors import GeneralizationError, StructureError
 from fxtrt.frontend.capture import CapturedGraph, capture
 from fxtrt.frontend.guards import check_hole_runs
+from fxtrt.frontend.limits import stepped_limit
 from fxtrt.frontend.squeezes import check_squeezes
 from fxtrt.frontend.state import ModuleState
 from fxtrt.passes import PassContext, PassManager
@@ -144,23 +146,34 @@ def lower(
         report.stages["capture"] = capture_stage(captured, run.records)
 
     with report.timed("emit", 3, total, label):
-        program, holes = exported(run.gm, captured, settings.dims)
+        program, holes = _exported(model, inputs, run.gm, captured, settings)
         for hole in holes:  # facts the re-export assumed: verified where they fail, if the model runs there
             check_hole_runs(model, inputs, settings.dims, hole)
         captured = dataclasses.replace(captured, holes=captured.holes + holes)
-        emitted = emit_onnx(program, captured, settings.dims, settings.opset)
+        weights = Weights()  # the large initializers, kept out of protobuf until the file is written
+        emitted = emit_onnx(program, captured, settings.dims, settings.opset, weights)
         report.note(emitted.notes)
         del program  # its graph and fake values are not needed past emission
 
     with report.timed("cleanup", 4, total, label):
-        cleaned = cleanup(emitted.take_model(), size_limit=settings.external_data_threshold)
+        cleaned = cleanup(emitted.take_model(), size_limit=settings.external_data_threshold, weights=weights)
         report.note(cleaned.notes)
         report.note(restore_dim_names(cleaned.model, captured, settings))
         check_dynamic_dims(cleaned.model, captured, settings)
         report.lowered(run.records, (cleaned.ops_before, cleaned.ops_after), dim_names(cleaned.model), bucket)
         stamp_dims(cleaned.model, settings.dims, captured.input_names)
-        save_onnx(cleaned.model, dest, settings.external_data_threshold)
+        save_onnx(cleaned.model, dest, settings.external_data_threshold, weights)
     return settings, captured, run.gm
+
+
+def _exported(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], gm: torch.fx.GraphModule,
+              captured: CapturedGraph, settings: Settings) -> tuple[Any, list]:
+    """The passed graph as a program over the declared dims; a model that runs only at every
+    k-th size of a dim declared without a step is told its step instead."""
+    try:
+        return exported(gm, captured, settings.dims)
+    except GeneralizationError as exc:
+        raise stepped_limit(model, inputs, settings.dims) or exc
 
 
 def check_lowered(lowered: Lowered, model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],

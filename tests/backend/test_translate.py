@@ -25,8 +25,8 @@ from fxtrt.settings import DEFAULT_BATCH, make_settings
 QUICK = select_specs(quick=True)
 
 
-def emitted_program(spec):
-    """What compile hands emission for ``spec``: the quick-set model captured, its passes run, as a program."""
+def captured_for(spec):
+    """The quick-set model ``spec`` captured as compile captures it, and the passes' context."""
     model = prepare_model(spec, 0).module
     example = make_inputs(spec, spec.example_case, 0)
     model, inputs, binding = bind(model, example, None)
@@ -37,7 +37,13 @@ def emitted_program(spec):
                              dynamic=dynamic, out_dir=None, opset=17, target="onnx", precision="fp32", passes=None,
                              verify=False, atol=1e-4, rtol=1e-3, input_names=binding.names)
     captured = capture(model, inputs, settings)
-    run = PassManager(resolve(settings.passes)).run(captured.base.gm, PassContext(settings, captured))
+    return captured, PassContext(settings, captured)
+
+
+def emitted_program(spec):
+    """What compile hands emission for ``spec``: the quick-set model captured, its passes run, as a program."""
+    captured, ctx = captured_for(spec)
+    run = PassManager(resolve(ctx.settings.passes)).run(captured.base.gm, ctx)
     program, _ = exported(run.gm, run.captured, captured.declared)
     return program, run.captured
 

@@ -1,0 +1,70 @@
+"""A dim declared without a step, on a model that runs only at every 32nd size (timm's DLA, in the
+zoo sample): torch's solver cannot generalise the graph (``Eq(-x/32 + ((x/16)//2), 0)``), and
+the answer is the model's step, with the line where it fails, not "a size may still be baked in"."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fxtrt
+
+HERE = Path(__file__)
+
+
+class Down(torch.nn.Module):
+    """DLA's downsampling: a stride-2 conv (ceil(h/2)) plus a max-pooled shortcut (floor(h/2))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) + F.max_pool2d(x, 2)  # LINE: add
+
+
+class Levels(torch.nn.Module):
+    """Five downsamplings: the sizes agree only at multiples of 32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.downs = torch.nn.ModuleList(Down() for _ in range(5))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for down in self.downs:
+            x = down(x)
+        return x.mean((2, 3))
+
+
+def line_of(marker: str) -> str:
+    n = next(i for i, t in enumerate(HERE.read_text().splitlines(), 1) if t.rstrip().endswith(f"# LINE: {marker}"))
+    return f"{HERE.name}:{n}"
+
+
+def test_a_dim_the_model_runs_only_in_steps_of_32_is_refused_with_the_step():
+    model = Levels().eval()
+    size = ("size", 192, 224, 256)
+    with pytest.raises(fxtrt.ConfigError) as info:
+        fxtrt.compile(model, torch.randn(1, 3, 224, 224), dynamic={0: {2: size, 3: size}}, verify=False)
+    err = info.value
+    assert "served only on multiples of 32" in err.message and "size=225" in err.message, err
+    assert err.source.endswith(line_of("add")), err
+    assert "(192, 224, 256, 32) for 'size'" in err.hint
+
+
+def test_with_the_step_it_hints_the_model_compiles_and_serves_only_those_sizes(tmp_path):
+    torch.manual_seed(0)
+    model = Levels().eval()
+    size = ("size", 192, 224, 256, 32)
+    compiled = fxtrt.compile(model, torch.randn(1, 3, 224, 224), dynamic={0: {2: size, 3: size}},
+                             batch=(1, 2, 4), out_dir=tmp_path / "o")
+    assert compiled.report.verified
+    x = torch.randn(3, 3, 192, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-3)
+    with pytest.raises(fxtrt.ConfigError, match="multiple of the claimed step 32"):
+        compiled(torch.randn(1, 3, 240, 240))
