@@ -59,12 +59,13 @@ class Weights:
 
     def write(self, f: BinaryIO, stub: onnx.TensorProto) -> None:
         """The real tensor of ``stub``, serialised: its fields around ``raw_data``, which comes
-        from the tensor's own memory."""
+        from the tensor's own memory (``tofile``: onnx_ir's, and torch.onnx's for torch tensors)."""
         low, high = split_fields(stub, _RAW_DATA, onnx.TensorProto)
-        raw = self.tensors[stub.name].tobytes()
+        tensor = self.tensors[stub.name]
         f.write(low)
-        f.write(field_key(_RAW_DATA, len(raw)))
-        f.write(raw)
+        f.write(field_key(_RAW_DATA, tensor.nbytes))
+        f.flush()  # tofile may write through the file descriptor, past Python's buffer
+        tensor.tofile(f)  # from the tensor's memory (torch's or numpy's): no bytes copy of it
         f.write(high)
 
     def materialize(self, model: onnx.ModelProto, names: Collection[str] | None = None) -> None:
