@@ -27,10 +27,10 @@ from typing import Any, BinaryIO, Collection
 import onnx
 
 from fxtrt.backend.protowire import field_key, field_key_size, split_fields
+from fxtrt.backend.shape_inference import WEIGHT_ELEMENTS  # the same line between a weight and a constant
 
 log = logging.getLogger(__name__)
 
-ASIDE_ELEMENTS = 1024  # initializers larger than this go aside (shape_inference.WEIGHT_ELEMENTS)
 _RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _RAW = frozenset({  # types whose tensors onnx_ir writes as raw_data, little-endian, unpacked
     onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE,
@@ -85,7 +85,7 @@ def serialize_aside(ir_model: Any, weights: Weights) -> onnx.ModelProto:
         tensor = value.const_value
         if tensor is None or isinstance(tensor, (ir.ExternalTensor, ir.StringTensor, ir.TensorProtoTensor)):
             continue
-        if tensor.size > ASIDE_ELEMENTS and tensor.dtype.value in _RAW:
+        if tensor.size > WEIGHT_ELEMENTS and tensor.dtype.value in _RAW:
             aside[value.name] = (value, tensor)
     try:
         for name, (value, tensor) in aside.items():
