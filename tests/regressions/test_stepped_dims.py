@@ -68,3 +68,19 @@ def test_with_the_step_it_hints_the_model_compiles_and_serves_only_those_sizes(t
         torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-3)
     with pytest.raises(fxtrt.ConfigError, match="multiple of the claimed step 32"):
         compiled(torch.randn(1, 3, 240, 240))
+
+
+class FoldBy64(torch.nn.Module):
+    """A deferred assert with a modulo by ``h // 64``, which is 0 below 64 (timm mobilevitv2_125 in
+    the zoo sample: compile failed with a raw ZeroDivisionError while checking torch's asserts)."""
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1, x.shape[2] // 64).sum(-1)  # LINE: fold
+
+
+def test_an_assert_that_divides_by_a_size_of_0_is_a_typed_error_at_the_users_line():
+    with pytest.raises(fxtrt.ConfigError) as info:
+        fxtrt.compile(FoldBy64().eval(), torch.randn(1, 3, 64, 64), dynamic={0: {2: ("h", 32, 64, 128)}},
+                      verify=False)
+    assert info.value.source.endswith(line_of("fold")), info.value
+    assert "h=32" in info.value.message
