@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.corpus import QUICK_LIMIT, select_specs
@@ -127,3 +128,33 @@ def test_a_dyn_model_is_judged_at_every_batch_and_size_and_every_exporter_is_tol
     both = {0: "batch_size", 1: "seq"}
     assert export.dynamic_axes() == {"input_ids": both, "attention_mask": both, "output_0": both}
     assert export.fxtrt_dynamic() == {0: {1: ("seq", 4, 16, 64)}, 1: {1: ("seq", 4, 16, 64)}}
+
+
+class _Cancels(torch.nn.Module):
+    """``(x + 1e7) - 1e7``: float32 rounds x to whole numbers, float64 keeps it."""
+
+    def forward(self, x):
+        return (x + 1e7) - 1e7
+
+
+def test_the_judge_forgives_float32_round_off_but_not_a_wrong_value(tmp_path):
+    """An exporter closer to the float64 model than eager float32 is not SILENT (fxtrt's own rule,
+    ``roundoff_verdict``, asked only when the scaled check fails); a value off by more is."""
+    import numpy as np
+
+    from benchmarks.model_spec import ModelSpec
+    from benchmarks.outcomes import check_output
+    from benchmarks.worker import REFERENCE_ARRAYS, JobSettings, _Cell
+
+    spec = ModelSpec("unit/cancels", build=_Cancels, make_inputs=lambda b, gen, sizes: (torch.zeros(b, 4),))
+    x = torch.tensor([[0.3, -1.7, 2.4, 0.6]])
+    np.savez(tmp_path / REFERENCE_ARRAYS, in_1_0=x.numpy())
+    settings = JobSettings()
+    cell = _Cell(spec.name, "onnx_legacy", settings, tmp_path, tmp_path, resolve=lambda _: spec)
+    eager = _Cancels()(x).numpy()
+    for got, forgiven in ((x.numpy(), True), (2 * x.numpy(), False)):
+        checks = [check_output(got, eager, settings.tolerance)]
+        assert not checks[0].ok, "the scaled check alone fails both"
+        bad, notes = cell._second_opinion("1", None, [got], [eager], checks)
+        assert (not bad) is forgiven and bool(notes) is forgiven, (bad, notes)
+        assert "float64 rule" in (notes or bad)[0]
