@@ -64,10 +64,11 @@ class Limits:
                                f"at {d.name}={size} the model fails: {message}", source=source, hint=hint)
         return None
 
-    def _eager_at(self, d: DynamicDim, size: int) -> tuple[str, str | None] | None:
+    def _eager_at(self, d: DynamicDim, size: int, others: Mapping[str, int] | None = None
+                  ) -> tuple[str, str | None] | None:
         self.state.restore()
         try:
-            return eager_failure(self.model, inputs_at(self.example, self.dims, {d.name: size}))
+            return eager_failure(self.model, inputs_at(self.example, self.dims, {**(others or {}), d.name: size}))
         finally:
             self.state.restore()
 
@@ -109,7 +110,7 @@ class Limits:
         failure = eager_failure(self.model, inputs_at(self.example, self.dims, at_min))
         self.state.restore()
         if failure is not None:
-            raise self._limit(d, new_lo, hi, "min", d.min, failure)
+            raise self._limit(d, self._eager_low(d, new_lo), hi, "min", d.min, failure)
         self.ranges[d.name] = (new_lo, hi)
         if self.sizes[d.name] < new_lo:
             self.sizes[d.name] = next(iter(grid_sizes(d, new_lo)))
@@ -117,6 +118,21 @@ class Limits:
             f"torch.export traces dim '{d.name}' only from {new_lo} (it assumes sizes inside the model are never 1); "
             f"the model runs at {d.min}, so the graph serves {d.min}..{d.max} and is verified at {d.min} and in between"
         )
+
+    def _eager_low(self, d: DynamicDim, new_lo: int) -> int:
+        """The smallest grid size from which the model runs eagerly, up to ``new_lo`` (bisected:
+        the model fails at ``d.min``). torch's asserts may hold only from a larger size than the
+        model needs (``h // 64`` in a reshape: asserted from 128, runs from 64), and a graph traced
+        from the lower size is then verified there, so that is the range to ask for."""
+        grid = [s for s in grid_sizes(d) if s <= new_lo]
+        fails, runs = 0, len(grid) - 1  # grid[fails] fails, grid[runs] is assumed to run
+        while runs - fails > 1:
+            mid = (fails + runs) // 2
+            if self._eager_at(d, grid[mid], {**self.sizes}) is None:
+                runs = mid
+            else:
+                fails = mid
+        return grid[runs] if grid else new_lo
 
     def runs_at(self, hole: Hole) -> None:
         self.state.restore()

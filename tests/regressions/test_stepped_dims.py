@@ -84,3 +84,8 @@ def test_an_assert_that_divides_by_a_size_of_0_is_a_typed_error_at_the_users_lin
                       verify=False)
     assert info.value.source.endswith(line_of("fold")), info.value
     assert "h=32" in info.value.message
+    assert "64..128" in info.value.hint, "the range the model runs at, not the one torch's asserts prove (128..128)"
+    compiled = fxtrt.compile(FoldBy64().eval(), torch.randn(1, 3, 64, 64), dynamic={0: {2: ("h", 64, 64, 128)}})
+    for h in (64, 96, 128):  # the hint's range compiles, verified; and serves what it claims
+        x = torch.randn(2, 3, h, 64)
+        torch.testing.assert_close(compiled(x), FoldBy64()(x))
