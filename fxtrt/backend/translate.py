@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import onnx
 import torch
 
+from fxtrt.backend.onnx_optimize import optimize
 from fxtrt.backend.weights import Weights, serialize_aside
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def translate(ep: torch.export.ExportedProgram, *, opset: int, input_names: Sequ
         decomposed._graph_module = api.fx_passes.remove_assertion_nodes(gm)
     program = api.core._exported_program_to_onnx_program(decomposed, registry=registry)
     program.model = api.core.onnxscript_apis.convert_version(program.model, opset)  # as torch.onnx does
-    program.optimize()
+    optimize(program.model)
     api.ir_passes.rename_inputs(program.model, list(input_names))
     api.ir_passes.rename_outputs(program.model, list(output_names))
     return program.model_proto if weights is None else serialize_aside(program.model, weights)
@@ -109,7 +110,9 @@ def _public(ep: torch.export.ExportedProgram, opset: int, input_names: Sequence[
         table = torch.export.default_decompositions()
         table.update(extra)
         ep = ep.run_decompositions(table)
-    return torch.onnx.export(
+    program = torch.onnx.export(
         ep, (), dynamo=True, opset_version=opset, input_names=list(input_names), output_names=list(output_names),
-        optimize=True, verbose=False, external_data=True, custom_translation_table=dict(custom),
+        optimize=False, verbose=False, external_data=True, custom_translation_table=dict(custom),
     )
+    optimize(program.model)
+    return program
