@@ -24,6 +24,7 @@ Example::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from fxtrt.settings import DynamicDim
-from fxtrt.sizes import inputs_at
+from fxtrt.sizes import Noise, inputs_at
 
 Feeds = list[tuple[dict[str, int], dict[str, np.ndarray]]]
 ROUNDOFF_FACTOR = 2.0  # "about as close": at most this many times eager float32's own distance
@@ -173,5 +174,10 @@ def onnx_feed(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> dict[str
 
 def feeds_at(example: Sequence[torch.Tensor], dims: Sequence[DynamicDim], names: Sequence[str],
              points: Sequence[Mapping[str, int]]) -> Feeds:
-    """The example resized to each point, as ONNX feeds."""
-    return [(dict(sizes), onnx_feed(names, inputs_at(example, dims, sizes))) for sizes in points]
+    """The example resized to each point, as ONNX feeds; the largest first, so that the batch
+    copies' noise is drawn once (:class:`fxtrt.sizes.Noise`)."""
+    noise = Noise()
+    volume = [math.prod(sizes.values()) for sizes in points]
+    feeds = {k: onnx_feed(names, inputs_at(example, dims, points[k], noise))
+             for k in sorted(range(len(points)), key=lambda k: -volume[k])}
+    return [(dict(points[k]), feeds[k]) for k in range(len(points))]

@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from fxtrt.sizes import diff_sizes, grid_sizes, inputs_at, resize_dim, symbolic_size, verification_sizes
@@ -48,3 +49,32 @@ def test_verification_sizes_are_min_opt_max_and_one_in_between_on_the_grid():
     assert verification_sizes(dim(lo=4, opt=4, hi=4)) == [4]
     assert verification_sizes(DynamicDim("h", 320, 480, 640, ((0, 2),), 320, 32)) == [320, 352, 480, 640]
     assert verification_sizes(DynamicDim("h", 64, 128, 192, ((0, 2),), 128)) == [64, 128, 192]
+
+
+def test_the_noise_stream_gives_torch_randn_in_any_order_of_requests():
+    """One draw serves every size of a verification, with the values a draw per size gave
+    (visformer-like models pass or fail by them) wherever numel is a multiple of 16."""
+    from fxtrt.sizes import Noise
+
+    def randn(shape):
+        return torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    shapes = [(2, 3, 64, 64), (32, 3, 64, 64), (3, 3, 40, 56), (1, 16)]
+    noise = Noise()
+    for shape in shapes + shapes[::-1]:
+        assert torch.equal(noise.take(shape), randn(shape)), shape
+    odd = Noise().take((3, 5))
+    assert torch.equal(odd, Noise().take((32, 3, 64, 64)).flatten()[:15].view(3, 5)), "history-independent"
+
+
+def test_feeds_for_a_verification_are_the_inputs_at_each_point():
+    from fxtrt.compare import feeds_at
+
+    example = (torch.randn(2, 3, 8, 8), torch.randint(0, 9, (2, 4)))
+    dims = [DynamicDim("batch", 1, 2, 32, ((0, 0), (1, 0)), 2), DynamicDim("h", 8, 8, 16, ((0, 2),), 8)]
+    points = [{"batch": 1, "h": 8}, {"batch": 32, "h": 16}, {"batch": 3, "h": 16}, {"batch": 8, "h": 8}]
+    feeds = feeds_at(example, dims, ["x", "ids"], points)
+    assert [p for p, _ in feeds] == points
+    for point, feed in feeds:
+        x, ids = inputs_at(example, dims, point)
+        assert np.array_equal(feed["x"], x.numpy()) and np.array_equal(feed["ids"], ids.numpy()), point
