@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from fxtrt.errors import ConfigError
 from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
+from fxtrt.passes.drop_identity_resizes import drop_identity_resizes
 from fxtrt.passes.drop_noop_squeezes import drop_noop_squeezes
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
 from fxtrt.passes.drop_true_attention_masks import drop_true_attention_masks
@@ -38,6 +39,7 @@ REGISTRY: dict[str, PassFn] = {fn.__name__: fn for fn in (
     generalize_batch,
     max_pool_1d_as_2d,
     drop_noop_squeezes,
+    drop_identity_resizes,
     exact_nearest_resize,
     explicit_reduce_dims,
     drop_true_attention_masks,
