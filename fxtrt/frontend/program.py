@@ -10,6 +10,7 @@ static model. This is frontend work (torch.export and its asserts); emission onl
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Mapping, Sequence
 
@@ -184,5 +185,25 @@ def _reexport(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor], dims: Se
         f"the generalised graph does not trace with symbolic sizes: {type(exc).__name__}: {first}"
         + (f" ({guard})" if guard else ""),
         source=str(loc) if loc else None,
-        hint="a size may still be baked in; run fxtrt explain on the model to see where",
+        hint=_solver_hint(first, dims) or "a size may still be baked in; run fxtrt explain on the model to see where",
     ) from exc
+
+
+def _solver_hint(message: str, dims: Sequence[DynamicDim]) -> str | None:
+    """torch's solver gave up on a relation between sizes (``Eq(x/32 - ((x/2)//16), 0)``: timm's
+    anti-aliased ResNets), which holds where the size is a multiple of its divisors' lcm: a dim
+    given that step traces as ``32*s`` and the relation simplifies away. The model may run at
+    other sizes, but torch.export proves no one graph for them."""
+    if "cannot be solved" not in message:
+        return None
+    step = math.lcm(*(int(n) for n in re.findall(r"/(\d+)", message))) if re.search(r"/\d+", message) else 0
+    free = [d for d in dims if not d.is_batch and not d.step]
+    if step < 2 or len(free) != 1:
+        return None
+    d = free[0]
+    lo, hi = -(-d.min // step) * step, d.max // step * step
+    if lo > hi:
+        return None
+    opt = min(max(lo, d.opt // step * step), hi)
+    return (f"torch's solver cannot decide a relation between sizes that holds on multiples of {step}; "
+            f"declare the step: ({lo}, {opt}, {hi}, {step}) for '{d.name}'; the model may run at other sizes, but no one graph is proven for them")

@@ -89,3 +89,23 @@ def test_an_assert_that_divides_by_a_size_of_0_is_a_typed_error_at_the_users_lin
     for h in (64, 96, 128):  # the hint's range compiles, verified; and serves what it claims
         x = torch.randn(2, 3, h, 64)
         torch.testing.assert_close(compiled(x), FoldBy64()(x))
+
+
+def test_a_relation_torchs_solver_cannot_decide_gets_the_step_it_holds_on():
+    """timm's anti-aliased ResNets (zoo: seresnextaa101d_32x8d, legacy PASS) run eagerly at every
+    size, yet torch's solver gives up on ``Eq(x/32 - ((x/2)//16), 0)``: the hint is the step that
+    relation holds on, not "a size may still be baked in"; with that step the model compiles,
+    verified, and serves the sizes claimed."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnetaa34d", pretrained=False, num_classes=10).eval()  # never called
+    size = {2: ("size", 64, 96, 128), 3: ("size", 64, 96, 128)}
+    with pytest.raises(fxtrt.GeneralizationError) as info:
+        fxtrt.compile(model, torch.randn(1, 3, 96, 96), batch=(1, 2, 2), dynamic={0: size}, verify=False)
+    assert "(64, 96, 128, 32) for 'size'" in info.value.hint, info.value
+    stepped = {k: (*v, 32) for k, v in size.items()}
+    compiled = fxtrt.compile(model, torch.randn(1, 3, 96, 96), batch=(1, 2, 2), dynamic={0: stepped})
+    assert compiled.report.verified
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-3)
