@@ -109,3 +109,21 @@ def test_a_relation_torchs_solver_cannot_decide_gets_the_step_it_holds_on():
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-3)
+
+
+def test_a_fact_that_fails_with_the_batch_varied_too_still_names_the_step():
+    """timm's tresnet (zoo: both baselines PASS at the sizes they were judged at, fxtrt refused with
+    a generic hint): its space-to-depth needs multiples of 4, and torch's fact fails at points
+    where the batch varies too; the step is found for the size alone."""
+    timm = pytest.importorskip("timm")
+    from timm.layers.space_to_depth import SpaceToDepth
+
+    model = torch.nn.Sequential(SpaceToDepth(4), torch.nn.Conv2d(48, 8, 1)).eval()
+    size = {2: ("size", 32, 48, 64), 3: ("size", 32, 48, 64)}
+    with pytest.raises(fxtrt.ConfigError) as info:
+        fxtrt.compile(model, torch.randn(1, 3, 48, 48), batch=(1, 2, 8), dynamic={0: size}, verify=False)
+    assert info.value.hint == "declare the step: (32, 48, 64, 4) for 'size'", info.value
+    compiled = fxtrt.compile(model, torch.randn(1, 3, 48, 48), batch=(1, 2, 8),
+                             dynamic={0: {k: (*v, 4) for k, v in size.items()}})
+    x = torch.randn(3, 3, 36, 36)
+    torch.testing.assert_close(compiled(x), model(x))
