@@ -31,7 +31,8 @@ import onnx
 
 from fxtrt.backend.emit import dim_names
 from fxtrt.backend.onnxruntime.tune import tune_for_onnxruntime
-from fxtrt.backend.shape_inference import copy_fields, weightless
+from fxtrt.backend.protowire import copy_fields
+from fxtrt.backend.shape_inference import weightless
 from fxtrt.backend.stream_write import write_model
 from fxtrt.backend.weights import Weights
 from fxtrt.frontend.capture import CapturedGraph
@@ -157,8 +158,8 @@ def _with_weights(simplified: onnx.ModelProto, original: onnx.ModelProto, stripp
         graph.ClearField(field)
     for field in [f.name for f, _ in original.ListFields() if f.name != "graph"]:
         original.ClearField(field)
-    copy_fields(simplified, original, skip="graph")
-    copy_fields(simplified.graph, graph, skip="initializer")
+    copy_fields(simplified, original, lambda f: f.name != "graph")
+    copy_fields(simplified.graph, graph, lambda f: f.name != "initializer")
     graph.initializer.extend(simplified.graph.initializer)
     inputs = [i for i in graph.input if i.name not in stripped]
     del graph.input[:]

@@ -6,22 +6,29 @@ pieces of a message in that order gives ``SerializeToString()``'s bytes without 
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 _LENGTH_DELIMITED = 2
 
 
-def split_fields(message, number: int, kind) -> tuple[bytes, bytes]:
+def copy_fields(src: Any, dst: Any, keep: Callable[[Any], bool]) -> None:
+    """Every field set on the message ``src`` for which ``keep(field descriptor)`` holds, set on ``dst``."""
+    for field, value in src.ListFields():
+        if not keep(field):
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def split_fields(message: Any, number: int, kind: Callable[[], Any]) -> tuple[bytes, bytes]:
     """``message``'s fields numbered below ``number`` and above it, each serialised."""
     low, high = kind(), kind()
-    for field, value in message.ListFields():
-        if field.number == number:
-            continue
-        target = low if field.number < number else high
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
+    copy_fields(message, low, lambda f: f.number < number)
+    copy_fields(message, high, lambda f: f.number > number)
     return low.SerializeToString(), high.SerializeToString()
 
 

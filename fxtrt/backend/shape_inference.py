@@ -17,6 +17,8 @@ from typing import Any, Collection
 import onnx
 import onnx.shape_inference
 
+from fxtrt.backend.protowire import copy_fields
+
 # Initializers with more elements than this are weights: never a shape, a size or an index list.
 WEIGHT_ELEMENTS = 1024
 
@@ -44,21 +46,10 @@ def weightless(model: onnx.ModelProto, keep: Collection[str] = ()) -> tuple[onnx
         return model, n_inputs
     names = {t.name for t in weights}
     light = onnx.ModelProto()
-    copy_fields(model, light, skip="graph")
-    copy_fields(model.graph, light.graph, skip="initializer")
+    copy_fields(model, light, lambda f: f.name != "graph")
+    copy_fields(model.graph, light.graph, lambda f: f.name != "initializer")  # never the weights
     light.graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
     light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights)
     return light, n_inputs
 
 
-def copy_fields(src: Any, dst: Any, skip: str) -> None:
-    """Every field of the message ``src`` set on ``dst`` but ``skip`` (the weights are never copied)."""
-    for field, value in src.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from fxtrt.passes.evaluate import cone, evaluate
 from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
@@ -50,31 +51,11 @@ def _source(mask: torch.fx.Node) -> torch.fx.Node:
 def _constant_value(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.Tensor | None:
     """``node``'s value when it is computed from get_attr and literals alone (no input, nothing
     random), else None."""
-    order: list[torch.fx.Node] = []
-    stack, seen = [node], set()
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
+    for n in cone(node):
         random = n.op == "call_function" and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ())
         if n.op not in ("get_attr", "call_function") or random:
             return None
-        order.append(n)
-        stack.extend(n.all_input_nodes)
-    env: dict[torch.fx.Node, object] = {}
-    position = {n: i for i, n in enumerate(gm.graph.nodes)}
-    with torch.no_grad():
-        for n in sorted(order, key=position.__getitem__):
-            if n.op == "get_attr":
-                value: object = gm
-                for part in str(n.target).split("."):
-                    value = getattr(value, part)
-                env[n] = value
-            else:
-                args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
-                env[n] = n.target(*args, **kwargs)
-    value = env[node]
+    value = evaluate(gm, node)
     return value if isinstance(value, torch.Tensor) else None
 
 

@@ -20,6 +20,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from fxtrt.graph import SCALAR_READS
+from fxtrt.passes.evaluate import evaluate
 from fxtrt.passes.infra import PassContext, PassResult, change, fmt, graph_pass
 
 aten = torch.ops.aten
@@ -44,32 +45,6 @@ def _constant_inputs(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
     return const
 
 
-def _evaluate(gm: torch.fx.GraphModule, target: torch.fx.Node, const: set[torch.fx.Node]) -> object:
-    """Run the constant subgraph that computes ``target`` on the real weights."""
-    env: dict[torch.fx.Node, object] = {}
-    needed: list[torch.fx.Node] = []
-    stack = [target]
-    while stack:
-        n = stack.pop()
-        if n in env or n in needed:
-            continue
-        needed.append(n)
-        stack.extend(n.all_input_nodes)
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    with torch.no_grad():
-        for n in sorted(needed, key=order.__getitem__):
-            if n.op == "get_attr":
-                obj: object = gm
-                for part in str(n.target).split("."):
-                    obj = getattr(obj, part)
-                env[n] = obj
-            else:
-                args = torch.fx.node.map_arg(n.args, env.__getitem__)
-                kwargs = torch.fx.node.map_arg(n.kwargs, env.__getitem__)
-                env[n] = n.target(*args, **kwargs)
-    return env[target]
-
-
 def _replace_with_value(node: torch.fx.Node, value: object) -> None:
     for user in list(node.users):
         user.args = pytree.tree_map(lambda a: value if a is node else a, user.args)
@@ -84,7 +59,7 @@ def fold_constant_reads(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in SCALAR_READS or node not in const:
             continue
-        value = _evaluate(gm, node, const)
+        value = evaluate(gm, node)
         changes.append(change(node, f"{fmt(node.args[0])}.item()", repr(value),
                               "value read from a constant of the model folded"))
         _replace_with_value(node, value)
