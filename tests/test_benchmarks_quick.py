@@ -158,3 +158,15 @@ def test_the_judge_forgives_float32_round_off_but_not_a_wrong_value(tmp_path):
         bad, notes = cell._second_opinion("1", None, [got], [eager], checks)
         assert (not bad) is forgiven and bool(notes) is forgiven, (bad, notes)
         assert "float64 rule" in (notes or bad)[0]
+
+
+def test_the_corpus_compile_time_benchmark_times_both_exporters_and_writes_its_median(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compile_time_corpus", "--models", "seed/view_size", "--rounds", "1",
+         "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads((tmp_path / "compile_time_corpus.json").read_text())
+    assert row["model"] == "seed/view_size" and len(row["runs"]["fxtrt"]) == len(row["runs"]["dynamo"]) == 1
+    assert row["fxtrt_vs_dynamo"] == row["runs"]["fxtrt"][0] / row["runs"]["dynamo"][0]
+    assert "Median fxtrt / dynamo over 1 models" in (tmp_path / "compile_time_corpus.md").read_text()
