@@ -15,14 +15,15 @@ Before::                                   After (onnxsim then folds the no-ops)
     Conv(x, W) -> BatchNormalization -> y      Conv(x, W', b') -> y
     Mul(y, 1) -> Reshape(shape_of_const)       Mul(y, 1) -> Reshape(shape_of_const)
 
-Both of fxtrt's translation paths (private and public, :mod:`.translate`) call :func:`optimize`,
-so they give the same bytes.
+Models whose weights pass protobuf's 2 GB never reach onnxsim (GraphSurgeon folds them), so
+they get every rule (``every_rule=True``), as before. Both of fxtrt's translation paths (private
+and public, :mod:`.translate`) call :func:`optimize`, so they give the same bytes.
 """
 from __future__ import annotations
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxscript.optimizer import fold_constants_ir
+from onnxscript.optimizer import fold_constants_ir, optimize_ir
 from onnxscript.rewriter import RewritePass
 from onnxscript.rewriter.rules.common import (
     fuse_batchnorm_into_conv_rule,
@@ -41,9 +42,12 @@ class _FoldConstants(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, bool(fold_constants_ir(model).modified))
 
 
-def optimize(model: ir.Model) -> ir.Model:
+def optimize(model: ir.Model, *, every_rule: bool = False) -> ir.Model:
     """Optimise ``model`` in place as ``ONNXProgram.optimize()`` does, with only the BatchNorm
-    fusions of its rewriter (see the module docstring); returns it."""
+    fusions of its rewriter unless ``every_rule`` (see the module docstring); returns it."""
+    if every_rule:
+        optimize_ir(model)
+        return model
     passes = ir.passes.Sequential(
         common.InlinePass(),
         ir.passes.PassManager(

@@ -98,7 +98,7 @@ def translate(ep: torch.export.ExportedProgram, *, opset: int, input_names: Sequ
         decomposed._graph_module = api.fx_passes.remove_assertion_nodes(gm)
     program = api.core._exported_program_to_onnx_program(decomposed, registry=registry)
     program.model = api.core.onnxscript_apis.convert_version(program.model, opset)  # as torch.onnx does
-    optimize(program.model)
+    optimize(program.model, every_rule=_past_protobuf(ep))
     api.ir_passes.rename_inputs(program.model, list(input_names))
     api.ir_passes.rename_outputs(program.model, list(output_names))
     return program.model_proto if weights is None else serialize_aside(program.model, weights)
@@ -114,5 +114,11 @@ def _public(ep: torch.export.ExportedProgram, opset: int, input_names: Sequence[
         ep, (), dynamo=True, opset_version=opset, input_names=list(input_names), output_names=list(output_names),
         optimize=False, verbose=False, external_data=True, custom_translation_table=dict(custom),
     )
-    optimize(program.model)
+    optimize(program.model, every_rule=_past_protobuf(ep))
     return program
+
+
+def _past_protobuf(ep: torch.export.ExportedProgram) -> bool:
+    """The program's weights pass protobuf's 2 GB: onnxsim will not see the model."""
+    tensors = [*ep.state_dict.values(), *ep.constants.values()]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) >= 2 * 1024**3

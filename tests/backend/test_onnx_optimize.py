@@ -43,3 +43,24 @@ def test_the_cleaned_graph_is_the_one_the_full_optimizer_gives(name):
     assert ours == _cleaned_ops(ep, names, full_rewriter=True)
     if name == "tv/resnet18":
         assert "BatchNormalization" not in ours and ours["Conv"] == 20, "every BatchNorm is fused into its Conv"
+
+
+def test_every_rule_is_torch_onnx_s_own_optimizer():
+    """A model past protobuf's 2 GB skips onnxsim, so it gets every rewrite rule: ``x * 1`` goes
+    in the rewriter (onnxsim removes it otherwise)."""
+    import onnx_ir as ir
+
+    from fxtrt.backend.onnx_optimize import optimize
+
+    class Times1(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x) * 1.0
+
+    ep = torch.export.export(Times1(), (torch.randn(2, 3),))
+
+    def ops(every_rule: bool) -> set[str]:
+        program = torch.onnx.export(ep, (), dynamo=True, opset_version=18, optimize=False, verbose=False)
+        model = optimize(program.model, every_rule=every_rule)
+        return {n.op_type for n in ir.to_proto(model).graph.node}
+
+    assert "Mul" in ops(False) and "Mul" not in ops(True)
