@@ -17,6 +17,7 @@ from fxtrt.passes.canonicalize_flatten import canonicalize_flatten
 from fxtrt.passes.drop_identity_resizes import drop_identity_resizes
 from fxtrt.passes.drop_noop_squeezes import drop_noop_squeezes
 from fxtrt.passes.drop_shape_guards import drop_shape_guards
+from fxtrt.passes.dynamic_adaptive_pool import dynamic_adaptive_pool
 from fxtrt.passes.drop_true_attention_masks import drop_true_attention_masks
 from fxtrt.passes.exact_nearest_resize import exact_nearest_resize
 from fxtrt.passes.explicit_reduce_dims import explicit_reduce_dims
@@ -41,6 +42,7 @@ REGISTRY: dict[str, PassFn] = {fn.__name__: fn for fn in (
     drop_noop_squeezes,
     drop_identity_resizes,
     exact_nearest_resize,
+    dynamic_adaptive_pool,
     explicit_reduce_dims,
     drop_true_attention_masks,
     fold_attention_dims,
