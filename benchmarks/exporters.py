@@ -91,6 +91,7 @@ class ExportResult:
 
     onnx_path: Path
     input_names: tuple[str, ...] | None = None
+    served_by: Path | None = None  # a bucket set: the directory fxtrt serves it from (``fxtrt.load``)
 
 
 ExportFn = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], ExportSpec, Path], ExportResult]
@@ -127,7 +128,10 @@ def export_fxtrt(
         opset=spec.opset,
         verify=False,
     )
-    return ExportResult(onnx_path=Path(compiled.onnx_path), input_names=_forward_arg_names(model, len(example_inputs)))
+    # a static-batch bucket set is judged as fxtrt serves it (benchmarks.ort_runner.ServedSession)
+    served_by = Path(compiled.onnx_path).parent if compiled.buckets else None
+    return ExportResult(onnx_path=Path(compiled.onnx_path), input_names=_forward_arg_names(model, len(example_inputs)),
+                        served_by=served_by)
 
 
 def _forward_arg_names(model: torch.nn.Module, n_inputs: int) -> tuple[str, ...] | None:

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.model_spec import Case
-from benchmarks.ort_runner import build_feed
+from benchmarks.ort_runner import ServedSession, build_feed
 from benchmarks.outcomes import Tolerance, check_output
 from benchmarks.worker import CELL_RESULT, REFERENCE_ARRAYS, REFERENCE_META, write_json_atomic
 
@@ -91,8 +91,8 @@ def _contestants(model_dir: Path, exporters: Sequence[str], tuned: bool) -> list
         if not row.get("onnx_path") or not Path(row["onnx_path"]).exists():
             continue
         names = tuple(row["onnx_input_names"]) if row.get("onnx_input_names") else None
-        out.append(Contestant(name, Path(row["onnx_path"]), names))
-        if tuned and name == SUBJECT:
+        out.append(Contestant(name, Path(row.get("served_by") or row["onnx_path"]), names))
+        if tuned and name == SUBJECT and not out[-1].path.is_dir():  # a bucket set has no one file to tune
             out.append(_tuned(out[-1]))
     return out
 
@@ -121,7 +121,7 @@ def _open(contestants: Sequence[Contestant]) -> None:
         if c.error:
             continue
         try:
-            c.session = SessionLoader(c.path, quiet=True)()
+            c.session = ServedSession(c.path) if c.path.is_dir() else SessionLoader(c.path, quiet=True)()
         except Exception as exc:  # noqa: BLE001 - ORT rejected the file
             c.error = f"ORT could not load it: {_error(exc)}"
 
@@ -178,6 +178,8 @@ def _optimized_ops(c: Contestant, out: Path) -> dict[str, int] | str:
     import onnx
     import onnxruntime as ort
 
+    if c.path.is_dir():
+        return "a bucket set: one graph per bucket"
     options = c.session.get_session_options()
     options.optimized_model_filepath = str(out)
     try:

@@ -7,7 +7,8 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -31,8 +32,29 @@ class LatencySettings:
     budget_s: float = 2.0
 
 
-def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session with a fixed thread count, so latencies compare across exporters."""
+class ServedSession:
+    """fxtrt's static-batch bucket set (a directory ``fxtrt.compile`` wrote) behind ONNX Runtime's
+    session calls: ``run`` goes through ``fxtrt.load(dir).run``, which splits the batch into the
+    buckets, pads the last chunk and slices the outputs back, as its users are served. Its
+    sessions use fxtrt's own ONNX Runtime options."""
+
+    def __init__(self, directory: Path) -> None:
+        import fxtrt
+
+        self.compiled = fxtrt.load(directory)
+
+    def get_inputs(self) -> list[Any]:
+        return [SimpleNamespace(name=name, shape=None) for name in self.compiled.input_names]
+
+    def run(self, output_names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self.compiled.run(*[feed[name] for name in self.compiled.input_names]))
+
+
+def make_session(path: Path, threads: int | None = None) -> Any:
+    """A CPU session with a fixed thread count, so latencies compare across exporters; for a
+    directory (fxtrt's bucket set), a :class:`ServedSession`."""
+    if Path(path).is_dir():
+        return ServedSession(Path(path))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1

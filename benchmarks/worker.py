@@ -310,6 +310,8 @@ class _Cell:
             return
         self.row["onnx_path"] = str(result.onnx_path)
         self.row["onnx_input_names"] = list(result.input_names) if result.input_names else None
+        if result.served_by is not None:
+            self.row["served_by"] = str(result.served_by)
         self.checkpoint("stats")
         try:
             stats = graph_stats(result.onnx_path)
@@ -321,7 +323,7 @@ class _Cell:
             self.row["stats_error"] = _error_text(exc)
         self.checkpoint("session")
         try:
-            session = make_session(result.onnx_path, self.settings.ort_threads)
+            session = make_session(result.served_by or result.onnx_path, self.settings.ort_threads)
         except Exception as exc:  # noqa: BLE001 - ORT rejected the exported file
             self.row.update(outcome=Outcome.LOUD.value, detail=f"ORT could not load the model: {_error_text(exc)}",
                             **_error_fields(exc))

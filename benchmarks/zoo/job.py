@@ -126,7 +126,7 @@ def _unbuilt(job: ModelJob, base: dict[str, Any], prepared: dict[str, Any], exit
 
 
 def _latency(ctx: Any, rows: list[dict[str, Any]], ref_dir: Path, work: Path, config: RunConfig, limits: Limits) -> dict[str, Any]:
-    exports = {r["exporter"]: (r["onnx_path"], r.get("onnx_input_names")) for r in rows
+    exports = {r["exporter"]: (r.get("served_by") or r["onnx_path"], r.get("onnx_input_names")) for r in rows
                if r.get("outcome") in TIMED and r.get("onnx_path") and Path(r["onnx_path"]).exists()}
     if not exports:
         return {}

@@ -56,12 +56,14 @@ def fallback(batch: DynamicDim, exc: StructureError) -> tuple[tuple[int, ...], d
 
 
 def output_batch_axes(shapes: Mapping[int, Sequence[Sequence[int | str]]]) -> tuple[int | None, ...]:
-    """Per output, the axis that carries the batch, from its static shape in every bucket model.
+    """Per output, the axis that carries the batch, from its shape in every bucket model.
 
-    An axis carries the batch when its size is ``c * bucket`` for one integer ``c`` in every
-    bucket (``c > 1`` for a batch-major flatten such as ``B*T``). With one bucket the first axis
-    whose size equals it is taken. None: the output has no batch axis (it is taken from the first
-    chunk; verification shows whether that is right).
+    An axis carries the batch when its size is ``c * bucket`` for one ``c`` in every bucket
+    (``c > 1`` for a batch-major flatten such as ``B*T``). ``c`` may be a size expression of the
+    other dynamic dims, as the file names it (hf pixtral's patches of every image in one sequence:
+    ``4*((size//16))**2`` at bucket 4). With one bucket the first axis whose size equals it is
+    taken. None: the output has no batch axis (it is taken from the first chunk; verification
+    shows whether that is right).
     """
     buckets = sorted(shapes)
     n_out = len(shapes[buckets[0]])
@@ -71,19 +73,33 @@ def output_batch_axes(shapes: Mapping[int, Sequence[Sequence[int | str]]]) -> tu
         rank = len(shapes[buckets[0]][k])
         for a in range(rank):
             sizes = [shapes[b][k][a] if a < len(shapes[b][k]) else None for b in buckets]
-            if not all(isinstance(s, int) and s > 0 for s in sizes):
-                continue
             if len(buckets) == 1:
                 if sizes[0] == buckets[0]:
                     found = a
                     break
                 continue
-            ratios = {s / b for s, b in zip(sizes, buckets)}
-            if len(ratios) == 1 and float(next(iter(ratios))).is_integer():
+            if _per_sample(sizes, buckets):
                 found = a
                 break
         axes.append(found)
     return tuple(axes)
+
+
+def _per_sample(sizes: Sequence[int | str | None], buckets: Sequence[int]) -> bool:
+    """Whether ``sizes[i] / buckets[i]`` is one and the same integer or size expression."""
+    if all(isinstance(s, int) and s > 0 for s in sizes):
+        ratios = {s / b for s, b in zip(sizes, buckets)}
+        return len(ratios) == 1 and float(next(iter(ratios))).is_integer()
+    if not all(isinstance(s, (int, str)) and s for s in sizes):
+        return False
+    import sympy
+
+    try:
+        ratios = {sympy.simplify(sympy.sympify(s) / b) for s, b in zip(sizes, buckets)}
+    except (sympy.SympifyError, TypeError, ValueError, SyntaxError):  # a dim name sympy cannot read
+        return False
+    ratio = next(iter(ratios))
+    return len(ratios) == 1 and (not ratio.is_number or bool(ratio.is_integer and ratio > 0))
 
 
 def static_output_shapes(model: onnx.ModelProto) -> list[list[int | str]]:

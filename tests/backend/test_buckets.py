@@ -33,6 +33,14 @@ def test_output_batch_axes_from_the_bucket_shapes() -> None:
     assert output_batch_axes({4: [[4, 10], [10, 4], [3]]}) == (0, 1, None)  # one bucket: first axis of that size
 
 
+def test_output_batch_axes_whose_size_also_follows_another_dynamic_dim() -> None:
+    """hf pixtral: every image's patches in one sequence, ``b * (size//16)**2`` in bucket ``b``
+    (zoo: at batch 3 the set returned bucket 4's 16 patches per image, silently)."""
+    shapes = {b: [[1, f"{b}*((size//16))**2" if b > 1 else "((size//16))**2", 64], ["size", 7], [b, "seq"]]
+              for b in (1, 4, 8)}
+    assert output_batch_axes(shapes) == (1, None, 0)
+
+
 def test_fallback_picks_the_default_buckets_and_says_why() -> None:
     batch = DynamicDim("batch", 1, 8, 32, ((0, 0),), 1)
     exc = StructureError("the graph's structure depends on the size of 'batch'", node="getitem", source="m.py:3")
