@@ -165,6 +165,17 @@ def verification_points(dims: Sequence[DynamicDim], traced_low: Mapping[str, int
     return _unique(points)
 
 
+def unproven_points(points: Sequence[Mapping[str, int]], dims: Sequence[DynamicDim], traced_low: Mapping[str, int],
+                    extra: Sequence[Mapping[str, int]] = ()) -> list[dict[str, int]]:
+    """The ``points`` at which a graph rests on verification rather than on torch.export's proof:
+    a dim below where torch traced it from, or a size where a fact torch assumed fails (``extra``)."""
+    opt = {d.name: d.opt for d in dims}
+    lows = {d.name: traced_low.get(d.name, d.min) for d in dims}
+    failing = [{**opt, **p} for p in extra]
+    return [dict(p) for p in points
+            if any(p.get(n, low) < low for n, low in lows.items()) or {**opt, **p} in failing]
+
+
 def powers_of_two(lo: int, hi: int, start: int = 1) -> list[int]:
     """The powers of two from ``start`` up that lie strictly between ``lo`` and ``hi``: the sizes
     both bucket sets and split TensorRT engines add between a range's anchors, so that padding a
