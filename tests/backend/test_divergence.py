@@ -95,3 +95,23 @@ def test_a_graph_that_matches_the_model_is_not_blamed_on_the_passes():
     verdict = GraphVerdict(captured_matches=False, final_matches=False, sizes={"batch": 3})
     assert "before any pass ran" in verdict.describe() and "pass changed" not in verdict.describe()
     assert "cannot tell" in GraphVerdict(None, False, {"batch": 3}).describe()
+
+
+def test_a_sequence_valued_intermediate_is_left_out_of_the_comparison(tmp_path):
+    """ultralytics RT-DETR's graph holds a SplitToSequence: marking every value as an output made
+    divergence tracing fail on it (a raw ValueError from numpy inside a VerificationError)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from fxtrt.backend.divergence import onnx_values
+
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["seq"], axis=0),
+             helper.make_node("ConcatFromSequence", ["seq"], ["y"], axis=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])])
+    path = tmp_path / "seq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    _, values = onnx_values(path, {"x": x})
+    assert set(values) == {"x", "y"} or set(values) == {"y"}, values.keys()
+    np.testing.assert_array_equal(values["y"], x)
