@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Mapping
 
-from fxtrt.errors import ConfigError
+from fxtrt.errors import ConfigError, GeneralizationError
 from fxtrt.frontend.export import eager_failure
 from fxtrt.frontend.guards import Hole, check_hole_runs, step_on_grid
+from fxtrt.frontend.program import step_hint
 from fxtrt.settings import DynamicDim
 from fxtrt.sizes import grid_sizes, inputs_at
 
@@ -190,4 +191,24 @@ def stepped_limit(model: "torch.nn.Module", example: tuple, dims: tuple[DynamicD
             f"{', '.join(map(str, runs))} and fails at {d.name}={near} ({failure[0]}), so no one graph holds "
             f"every size of {d.min}..{d.max}", source=failure[1],
             hint=f"declare the step: ({lo}, {opt}, {hi}, {step}) for '{d.name}'")
+    return None
+
+
+def confirmed_step(model: "torch.nn.Module", example: tuple, dims: tuple[DynamicDim, ...],
+                   error: GeneralizationError) -> GeneralizationError | None:
+    """The solver's step (:func:`fxtrt.frontend.program.step_hint`) checked on the model: the first
+    relation torch gave up on may hold on multiples of 16 while the model itself runs only on
+    multiples of 32 (timm's resnetaa34d fails eagerly at 80). Doubled until the model runs at
+    each multiple in the range (the first five); None when the solver's step stands or none fits."""
+    found = getattr(error, "solver_step", None)
+    if found is None:
+        return None
+    d, step = found
+    for s in (step * 2**k for k in range(8)):
+        sizes = list(range(-(-d.min // s) * s, d.max + 1, s))[:5]
+        if not sizes:
+            return None
+        if all(eager_failure(model, inputs_at(example, dims, {d.name: n})) is None for n in sizes):
+            return None if s == step else GeneralizationError(error.message, source=error.source,
+                                                              hint=step_hint(d, s))
     return None

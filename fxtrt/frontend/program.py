@@ -181,29 +181,36 @@ def _reexport(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor], dims: Se
     loc = location_of_traceback(exc.__traceback__)
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     guard = next((ln.strip(" -") for ln in str(exc).splitlines() if "guard" in ln and ln.strip() != first), "")
-    raise GeneralizationError(
+    solver = _solver_step(first, dims)
+    error = GeneralizationError(
         f"the generalised graph does not trace with symbolic sizes: {type(exc).__name__}: {first}"
         + (f" ({guard})" if guard else ""),
         source=str(loc) if loc else None,
-        hint=_solver_hint(first, dims) or "a size may still be baked in; run fxtrt explain on the model to see where",
-    ) from exc
+        hint=(step_hint(*solver) if solver else None)
+        or "a size may still be baked in; run fxtrt explain on the model to see where",
+    )
+    error.solver_step = solver  # type: ignore[attr-defined]  # (dim, step) for the caller to confirm eagerly
+    raise error from exc
 
 
-def _solver_hint(message: str, dims: Sequence[DynamicDim]) -> str | None:
+def _solver_step(message: str, dims: Sequence[DynamicDim]) -> tuple[DynamicDim, int] | None:
     """torch's solver gave up on a relation between sizes (``Eq(x/32 - ((x/2)//16), 0)``: timm's
     anti-aliased ResNets), which holds where the size is a multiple of its divisors' lcm: a dim
     given that step traces as ``32*s`` and the relation simplifies away. The model may run at
-    other sizes, but torch.export proves no one graph for them."""
-    if "cannot be solved" not in message:
+    other sizes, but torch.export proves no one graph for them. The dim and that step, if any."""
+    if "cannot be solved" not in message or not re.search(r"/\d+", message):
         return None
-    step = math.lcm(*(int(n) for n in re.findall(r"/(\d+)", message))) if re.search(r"/\d+", message) else 0
+    step = math.lcm(*(int(n) for n in re.findall(r"/(\d+)", message)))
     free = [d for d in dims if not d.is_batch and not d.step]
-    if step < 2 or len(free) != 1:
+    if step < 2 or len(free) != 1 or -(-free[0].min // step) * step > free[0].max:
         return None
-    d = free[0]
+    return free[0], step
+
+
+def step_hint(d: DynamicDim, step: int) -> str:
+    """The hint for a dim that needs ``step``: the range on its multiples."""
     lo, hi = -(-d.min // step) * step, d.max // step * step
-    if lo > hi:
-        return None
     opt = min(max(lo, d.opt // step * step), hi)
     return (f"torch's solver cannot decide a relation between sizes that holds on multiples of {step}; "
-            f"declare the step: ({lo}, {opt}, {hi}, {step}) for '{d.name}'; the model may run at other sizes, but no one graph is proven for them")
+            f"declare the step: ({lo}, {opt}, {hi}, {step}) for '{d.name}'; the model may run at other sizes, "
+            "but no one graph is proven for them")

@@ -39,7 +39,7 @@ from fxtrt.debug import PassDebugger
 from fxtrt.errors import GeneralizationError, StructureError
 from fxtrt.frontend.capture import CapturedGraph, capture
 from fxtrt.frontend.guards import check_hole_runs
-from fxtrt.frontend.limits import stepped_limit
+from fxtrt.frontend.limits import confirmed_step, stepped_limit
 from fxtrt.frontend.squeezes import check_squeezes
 from fxtrt.frontend.state import ModuleState
 from fxtrt.passes import PassContext, PassManager
@@ -173,7 +173,8 @@ def _exported(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], gm: torc
     try:
         return exported(gm, captured, settings.dims)
     except GeneralizationError as exc:
-        raise stepped_limit(model, inputs, settings.dims) or exc
+        dims = settings.dims
+        raise stepped_limit(model, inputs, dims) or confirmed_step(model, inputs, dims, exc) or exc
 
 
 def check_lowered(lowered: Lowered, model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],

@@ -127,3 +127,22 @@ def test_a_fact_that_fails_with_the_batch_varied_too_still_names_the_step():
                              dynamic={0: {k: (*v, 4) for k, v in size.items()}})
     x = torch.randn(3, 3, 36, 36)
     torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_the_solvers_step_is_doubled_until_the_model_runs_at_each_multiple():
+    """The first relation torch gives up on may hold on multiples of 16 (the order varies between
+    runs), while timm's resnetaa34d fails eagerly at 80: the hint is confirmed on the model."""
+    timm = pytest.importorskip("timm")
+    from fxtrt.errors import GeneralizationError
+    from fxtrt.frontend.limits import confirmed_step
+    from fxtrt.frontend.program import step_hint
+    from fxtrt.settings import DynamicDim
+
+    model = timm.create_model("resnetaa34d", pretrained=False, num_classes=10).eval()
+    size = DynamicDim("size", 64, 96, 128, ((0, 2), (0, 3)), 96)
+    error = GeneralizationError("the solver gave up", hint=step_hint(size, 16))
+    error.solver_step = (size, 16)
+    confirmed = confirmed_step(model, (torch.randn(1, 3, 96, 96),), (size,), error)
+    assert confirmed is not None and "(64, 96, 128, 32) for 'size'" in confirmed.hint, confirmed
+    error.solver_step = (size, 32)
+    assert confirmed_step(model, (torch.randn(1, 3, 96, 96),), (size,), error) is None, "32 stands"
