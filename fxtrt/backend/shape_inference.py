@@ -12,7 +12,7 @@ large initializers go in as typed graph inputs and come back afterwards.
 from __future__ import annotations
 
 import math
-from typing import Any, Collection
+from typing import Collection
 
 import onnx
 import onnx.shape_inference

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass
+from fxtrt.passes.infra import PassContext, PassResult, call_text, change, graph_pass, same_size, tensor_value
 
 aten = torch.ops.aten
 RESIZES = frozenset(
@@ -30,17 +30,6 @@ RESIZES = frozenset(
                "upsample_trilinear3d", "upsample_bicubic2d", "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa")
     for overload in ("default", "vec") if hasattr(getattr(aten, op), overload)
 )
-
-
-def _val(node: object) -> torch.Tensor | None:
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return val if isinstance(val, torch.Tensor) else None
-
-
-def _same_size(a: object, b: object) -> bool:
-    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
-        return isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt) and a.node.expr == b.node.expr
-    return a == b
 
 
 def _unit_scales(args: tuple) -> bool:
@@ -60,10 +49,10 @@ def drop_identity_resizes(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in RESIZES:
             continue
-        src, out = _val(node.args[0]), _val(node)
+        src, out = tensor_value(node.args[0]), tensor_value(node)
         if src is None or out is None or src.dim() != out.dim() or src.dtype != out.dtype:
             continue
-        if not all(_same_size(a, b) for a, b in zip(src.shape, out.shape)) or not _unit_scales(node.args[2:]):
+        if not all(same_size(a, b) for a, b in zip(src.shape, out.shape)) or not _unit_scales(node.args[2:]):
             continue
         changes.append(change(node, call_text(node), node.args[0].name,
                               "a resize to the size its input has is the identity"))

@@ -24,25 +24,15 @@ from typing import Any
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change, fake_value, graph_pass
+from fxtrt.passes.infra import NodeBuilder, PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
 POOLS = {aten.adaptive_avg_pool2d.default: 2, aten._adaptive_avg_pool2d.default: 2,
          aten.adaptive_avg_pool1d.default: 1}
 
 
-class _Builder:
-    """Adds ATen nodes before ``node``, with its source location and fake values."""
-
-    def __init__(self, graph: torch.fx.Graph, node: torch.fx.Node, mode: Any) -> None:
-        self.graph, self.mode = graph, mode
-        self.meta = {m: node.meta[m] for m in ("stack_trace", "nn_module_stack") if m in node.meta}
-
-    def __call__(self, target: Any, *args: Any, **kwargs: Any) -> torch.fx.Node:
-        new = self.graph.call_function(target, args, kwargs)
-        new.meta.update(self.meta)
-        fake_value(new, self.mode)
-        return new
+class _Builder(NodeBuilder):
+    """:class:`NodeBuilder` with the averaging matrix of one axis."""
 
     def averaging(self, x: torch.fx.Node, axis: int, size: Any, out: int, dtype: torch.dtype) -> torch.fx.Node:
         """The ``out x size`` matrix whose row ``i`` averages PyTorch's window ``i`` of the axis."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change, fake_value, graph_pass
+from fxtrt.passes.infra import NodeBuilder, PassContext, PassResult, call_text, change, graph_pass
 
 aten = torch.ops.aten
 NEAREST = {aten.upsample_nearest1d.vec: 1, aten.upsample_nearest2d.vec: 2, aten.upsample_nearest3d.vec: 3}
@@ -37,16 +37,9 @@ def exact_nearest_resize(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
                 isinstance(n, torch.fx.Node) and n.meta.get("val") is None for n in size):
             continue  # a size whose value is not known here (a node a rewrite made): Resize stays
         k = NEAREST[node.target]
-        meta = {m: node.meta[m] for m in ("stack_trace", "nn_module_stack") if m in node.meta}
         before = call_text(node)
         out = x
-
-        def add(target, *args, **kwargs):
-            new = graph.call_function(target, args, kwargs)
-            new.meta.update(meta)
-            fake_value(new, mode)
-            return new
-
+        add = NodeBuilder(graph, node, mode)
         with graph.inserting_before(node):
             for j, out_size in enumerate(size):
                 axis = val.dim() - k + j

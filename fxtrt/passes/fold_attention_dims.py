@@ -26,21 +26,11 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from fxtrt.passes.infra import PassContext, PassResult, call_text, change, fake_value, graph_pass
+from fxtrt.passes.infra import (PassContext, PassResult, call_text, change, fake_value, graph_pass, same_size,
+                                tensor_value)
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
-
-
-def _val(node: object) -> torch.Tensor | None:
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return val if isinstance(val, torch.Tensor) else None
-
-
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
-        return isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt) and a.node.expr == b.node.expr
-    return a == b
 
 
 @graph_pass(requires=("generalize_batch",))
@@ -49,7 +39,7 @@ def fold_attention_dims(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
     graph = gm.graph
     for node in list(graph.find_nodes(op="call_function", target=SDPA)):
         q, k, v = node.args[:3]
-        vals = [_val(q), _val(k), _val(v)]
+        vals = [tensor_value(q), tensor_value(k), tensor_value(v)]
         if any(t is None for t in vals) or len({t.dim() for t in vals}) != 1 or vals[0].dim() in (1, 4):
             continue
         before = call_text(node)
@@ -59,10 +49,10 @@ def fold_attention_dims(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
                                   "torch.onnx translates only 4-D attention"))
             continue
         mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
-        if mask is not None and (_val(mask) is None or _val(mask).dim() > 2):
+        if mask is not None and (tensor_value(mask) is None or tensor_value(mask).dim() > 2):
             continue
         lead = vals[0].dim() - 3
-        if not all(_same(a, b) for t in vals[1:] for a, b in zip(vals[0].shape[:lead], t.shape[:lead])):
+        if not all(same_size(a, b) for t in vals[1:] for a, b in zip(vals[0].shape[:lead], t.shape[:lead])):
             continue
         changes.append(change(_fold(graph, node, lead, vals[0]), before,
                               f"the same over {lead} leading dims folded into one",

@@ -146,6 +146,34 @@ def change(node: torch.fx.Node, before: str, after: str, note: str = "") -> Chan
     return Change(node.name, before, after, source, note)
 
 
+class NodeBuilder:
+    """Adds ATen nodes where the graph is inserting, each with ``node``'s source location and its
+    fake value (in ``mode``): what a pass that expands one node into several writes them with."""
+
+    def __init__(self, graph: torch.fx.Graph, node: torch.fx.Node, mode: Any) -> None:
+        self.graph, self.mode = graph, mode
+        self.meta = {m: node.meta[m] for m in ("stack_trace", "nn_module_stack") if m in node.meta}
+
+    def __call__(self, target: Any, *args: Any, **kwargs: Any) -> torch.fx.Node:
+        new = self.graph.call_function(target, args, kwargs)
+        new.meta.update(self.meta)
+        fake_value(new, self.mode)
+        return new
+
+
+def tensor_value(node: object) -> torch.Tensor | None:
+    """The fake tensor torch.export recorded for ``node`` (``meta["val"]``), if it is a tensor."""
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def same_size(a: object, b: object) -> bool:
+    """Whether two sizes are the same at every size: equal ints, or SymInts of one expression."""
+    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
+        return isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt) and a.node.expr == b.node.expr
+    return a == b
+
+
 def fake_value(node: torch.fx.Node, mode: Any = None) -> None:
     """Set ``node.meta["val"]`` to its op run on its arguments' fake values (in ``mode``, else the
     fake mode of a tensor argument), as torch.export would have: emission and later passes read
