@@ -26,6 +26,7 @@ OUTCOME_COLORS = {
     Outcome.LOUD.value: "#ef6c00",
     Outcome.REFUSED.value: "#1565c0",
     Outcome.CRASH.value: "#616161",
+    Outcome.UNSTABLE.value: "#f9a825",
     Outcome.ERROR.value: "#bdbdbd",
 }
 _EXPORTED = (Outcome.PASS.value, Outcome.SILENT.value, Outcome.LOUD.value)

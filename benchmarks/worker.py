@@ -17,6 +17,7 @@ import re
 import resource
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,7 +33,7 @@ from benchmarks.model_spec import Case, ModelSpec, case_text
 from benchmarks.onnx_stats import graph_stats
 from benchmarks.ort_runner import LatencySettings, build_feed, fixed_dims, make_session, median_latency_ms, run
 from benchmarks.outcomes import Outcome, Tolerance, check_output, max_or_none
-from fxtrt.compare import roundoff_verdict
+from fxtrt.compare import other_thread_count, roundoff_verdict
 
 log = logging.getLogger(__name__)
 
@@ -404,10 +405,10 @@ class _Cell:
                 batches[key] = {"status": "wrong", "detail": f"{len(got)} outputs, eager has {len(want)}"}
                 continue
             checks = [check_output(g, w, self.settings.tolerance) for g, w in zip(got, want)]
-            bad, notes = self._second_opinion(key, feeds, got, want, checks)
+            bad, unstable, notes = self._second_opinion(key, got, want, checks)
             batches[key] = {
-                "status": "wrong" if bad else "ok",
-                "detail": "; ".join(bad or notes),
+                "status": "wrong" if bad else "unstable" if unstable else "ok",
+                "detail": "; ".join(bad or unstable or notes),
                 "max_abs_err": max_or_none([c.max_abs_err for c in checks]),
                 "max_rel_err": max_or_none([c.max_rel_err for c in checks]),
             }
@@ -417,7 +418,7 @@ class _Cell:
         )
         fixed = self.row.get("fixed_dims")
         prefix = f"the file fixes dims declared dynamic ({', '.join(fixed)}); " if fixed else ""
-        for status, outcome in (("wrong", Outcome.SILENT), ("raised", Outcome.LOUD)):
+        for status, outcome in (("wrong", Outcome.SILENT), ("raised", Outcome.LOUD), ("unstable", Outcome.UNSTABLE)):
             first = next((k for k, v in batches.items() if v["status"] == status), None)
             if first is not None:
                 self.row.update(outcome=outcome.value, detail=f"{prefix}{case_text(first)}: {batches[first]['detail']}")
@@ -425,21 +426,38 @@ class _Cell:
         self.row.update(outcome=Outcome.PASS.value, detail="")
 
     def _second_opinion(
-        self, key: str, feeds: "_Feeds", got: list[np.ndarray], want: list[np.ndarray], checks: list[Any],
-    ) -> tuple[list[str], list[str]]:
+        self, key: str, got: list[np.ndarray], want: list[np.ndarray], checks: list[Any],
+    ) -> tuple[list[str], list[str], list[str]]:
         """The failing outputs, after fxtrt's own float64 rule (``fxtrt.compare.roundoff_verdict``):
-        a float output that is about as close to the model run in float64 as eager float32 is, is
-        round-off, not a wrong export. The same rule for every exporter; the float64 model is
-        built (as the reference was) only when some float output fails."""
+        a float output that is about as close to the model run in float64 as eager float32 is (in
+        either of two accumulation orders), is round-off, not a wrong export. The same rule for
+        every exporter; the float64 model, and the float32 one on another thread count, are built
+        (as the reference was) only when some float output fails the rule before them.
+
+        Returns (wrong, unstable, round-off) descriptions: an output still failing is *unstable*,
+        not wrong, when eager on the other thread count fails the same check against eager."""
         bad: list[str] = []
+        unstable: list[str] = []
         notes: list[str] = []
+        tol = self.settings.tolerance
         for j, (g, w, c) in enumerate(zip(got, want, checks)):
             if c.ok:
                 continue
-            ref64 = self._float64.output(key, j) if w.dtype.kind == "f" and g.shape == w.shape else None
-            ok, note = roundoff_verdict(w, g, ref64, self.settings.tolerance.atol) if ref64 is not None else (False, "")
-            (notes if ok else bad).append(f"output {j}: {c.reason}" + (f" ({note})" if note else ""))
-        return bad, notes
+            floating = w.dtype.kind == "f" and g.shape == w.shape
+            ref64 = self._float64.output(key, j) if floating else None
+            ok, note = roundoff_verdict(w, g, ref64, tol.atol) if ref64 is not None else (False, "")
+            again = self._float64.output(key, j, torch.float32) if floating and not ok else None
+            if again is not None and ref64 is not None:
+                ok, note = roundoff_verdict(w, g, ref64, tol.atol, [again])
+            text = f"output {j}: {c.reason}" + (f" ({note})" if note else "")
+            itself = check_output(again, w, tol) if again is not None and not ok else None
+            if ok:
+                notes.append(text)
+            elif itself is not None and not itself.ok:
+                unstable.append(f"{text}; eager itself moves by {itself.max_abs_err:.3g} on another thread count")
+            else:
+                bad.append(text)
+        return bad, unstable, notes
 
     def _latency_case(self, batch: int) -> Case | None:
         """The judged case timed at ``batch``: the one with the largest dynamic sizes."""
@@ -452,7 +470,7 @@ class _Cell:
             column = f"ort_ms_b{b}"
             self.row[column] = None
             case = self._latency_case(b)
-            if case is None or self.row["batches"].get(case.key, {}).get("status") not in ("ok", "wrong"):
+            if case is None or self.row["batches"].get(case.key, {}).get("status") not in ("ok", "wrong", "unstable"):
                 continue
             self.checkpoint(f"latency@{case.key}")
             self.row[column] = median_latency_ms(session, feeds.for_case(case.key), self.settings.latency)
@@ -473,30 +491,32 @@ class _Feeds:
 
 
 class _Float64Eager:
-    """The model run in float64 at a saved case: built fresh (same seed, so the reference's
-    weights) on first use, since the exporter may have touched the cell's own copy."""
+    """The model run in float64 at a saved case, and in float32 on another thread count (another
+    accumulation order, :func:`fxtrt.compare.other_thread_count`): built fresh (same seed, so the
+    reference's weights) on first use, since the exporter may have touched the cell's own copy."""
 
     def __init__(self, spec: ModelSpec, seed: int, ref_dir: Path, n_inputs: int) -> None:
         self.spec, self.seed, self.ref_dir, self.n_inputs = spec, seed, ref_dir, n_inputs
-        self._model: torch.nn.Module | None = None
-        self._outputs: dict[str, list[np.ndarray] | None] = {}
+        self._models: dict[torch.dtype, torch.nn.Module] = {}
+        self._outputs: dict[tuple[str, torch.dtype], list[np.ndarray] | None] = {}
 
-    def output(self, key: str, index: int) -> np.ndarray | None:
-        """Output ``index`` at case ``key`` in float64, or None where the model does not run in float64."""
-        if key not in self._outputs:
-            self._outputs[key] = self._run(key)
-        outs = self._outputs[key]
+    def output(self, key: str, index: int, dtype: torch.dtype = torch.float64) -> np.ndarray | None:
+        """Output ``index`` at case ``key`` in ``dtype``, or None where the model does not run so."""
+        if (key, dtype) not in self._outputs:
+            self._outputs[key, dtype] = self._run(key, dtype)
+        outs = self._outputs[key, dtype]
         return outs[index] if outs is not None and index < len(outs) else None
 
-    def _run(self, key: str) -> list[np.ndarray] | None:
+    def _run(self, key: str, dtype: torch.dtype) -> list[np.ndarray] | None:
         arrays = np.load(self.ref_dir / REFERENCE_ARRAYS)
         inputs = [torch.from_numpy(arrays[f"in_{key}_{i}"]) for i in range(self.n_inputs)]
         try:
-            if self._model is None:
-                self._model = prepare_model(self.spec, self.seed).module.double()
-            with torch.inference_mode():
-                outs = flatten_outputs(self._model(*[t.double() if t.is_floating_point() else t for t in inputs]))
+            if dtype not in self._models:
+                self._models[dtype] = prepare_model(self.spec, self.seed).module.to(dtype)
+            args = [t.to(dtype) if t.is_floating_point() else t for t in inputs]
+            with torch.inference_mode(), (other_thread_count() if dtype == torch.float32 else nullcontext()):
+                outs = flatten_outputs(self._models[dtype](*args))
         except Exception:  # noqa: BLE001 - a model that cannot run in float64 gets no second opinion
-            log.info("%s does not run in float64; no round-off rule", self.spec.name, exc_info=True)
+            log.info("%s does not run in %s; no round-off rule", self.spec.name, dtype, exc_info=True)
             return None
         return [t.numpy() for t in outs]

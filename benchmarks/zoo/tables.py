@@ -18,7 +18,7 @@ from benchmarks.report import _fmt, _md_cell, _table, write_text_atomic
 from benchmarks.zoo.job import BUILD_FAILED, OUTCOMES
 
 MARKDOWN, FIGURE = "zoo.md", "zoo.png"
-FAILED = ("SILENT", "LOUD", "CRASH", "TIMEOUT", "OOM", "ERROR")
+FAILED = ("SILENT", "LOUD", "CRASH", "UNSTABLE", "TIMEOUT", "OOM", "ERROR")
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,37 @@ def test_roundoff_verdict_accepts_the_artifact_as_close_to_float64_as_eager_and_
     assert not ok and "float64 rule" in note
 
 
+def test_eager_in_another_accumulation_order_widens_the_float64_rule():
+    """timm maxvit_large at batch 3: eager float32 is 0.0069 from float64 on one thread and 0.055
+    on two, so an artifact at 0.031 is round-off; judged on the one order alone it looked wrong."""
+    from fxtrt.compare import roundoff_verdict
+
+    ref64 = np.linspace(-1, 1, 101)
+    one_thread = (ref64 + 0.0069).astype(np.float32)
+    two_threads = (ref64 - 0.055).astype(np.float32)
+    artifact = (ref64 + 0.031).astype(np.float32)
+    assert not roundoff_verdict(one_thread, artifact, ref64, 1e-5)[0]
+    ok, note = roundoff_verdict(one_thread, artifact, ref64, 1e-5, [two_threads])
+    assert ok and "over 2 accumulation orders" in note
+    assert not roundoff_verdict(one_thread, (ref64 + 0.2).astype(np.float32), ref64, 1e-5, [two_threads])[0]
+
+
+def test_the_other_order_runs_on_another_thread_count_and_restores_it():
+    from fxtrt.backend.verify import ReferenceRunner
+    from fxtrt.compare import other_thread_count
+
+    threads = torch.get_num_threads()
+    with other_thread_count():
+        assert torch.get_num_threads() == (1 if threads > 1 else 2)
+    assert torch.get_num_threads() == threads
+    model = torch.nn.Linear(4, 3).eval()
+    x = torch.randn(2, 4)
+    reference = ReferenceRunner(model, [x], [], ["x"], ["y"])
+    again = reference.float32_other_order({"x": x.numpy()})
+    assert torch.get_num_threads() == threads
+    np.testing.assert_allclose(again["y"], model(x).detach().numpy(), rtol=1e-6)
+
+
 def test_a_real_one_op_error_of_round_off_size_is_still_caught():
     """Outputs of about +-100 shifted by 0.02 at one op: per element that fails near zero, and eager
     float32 is 1000x closer to float64 than that, so the float64 rule refuses it too."""
