@@ -82,10 +82,10 @@ def test_the_float32_path_gives_the_float64_rules_verdict_and_maxima():
 
     @settings(max_examples=300, deadline=None, derandomize=True)
     @given(seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([0.5, 0.99, 0.99999, 1.0, 1.00001, 1.5]),
-           per_tensor=st.booleans(), zeros=st.booleans())
-    def check(seed, scale, per_tensor, zeros):
+           per_tensor=st.booleans(), zeros=st.booleans(), size=st.sampled_from([257, 2 * c._CHUNK + 3]))
+    def check(seed, scale, per_tensor, zeros, size):
         rng = np.random.default_rng(seed)
-        ref = rng.standard_normal(257).astype(np.float32) * np.float32(rng.choice([1e-3, 1.0, 1e3]))
+        ref = rng.standard_normal(size).astype(np.float32) * np.float32(rng.choice([1e-3, 1.0, 1e3]))
         if zeros:
             ref[::7] = 0
         peak = np.abs(ref.astype(np.float64)).max()
@@ -99,3 +99,20 @@ def test_the_float32_path_gives_the_float64_rules_verdict_and_maxima():
             assert c._finite_float32(ref, out, 1e-4, 1e-3, per_tensor) is not None
 
     check()
+
+
+def test_the_float32_path_leaves_non_finite_values_to_the_float64_rule():
+    """A NaN or an infinity in either array, in any chunk, is decided by the float64 rule."""
+    import fxtrt.compare as c
+
+    ref = np.linspace(-1, 1, 3 * c._CHUNK + 1).astype(np.float32)
+    for where in (0, 2 * c._CHUNK + 7):
+        for bad in (np.nan, np.inf):
+            out = ref.copy()
+            out[where] = bad
+            assert c._finite_float32(ref, out, 1e-4, 1e-3, False) is None
+            assert c._finite_float32(out, ref, 1e-4, 1e-3, False) is None
+            assert not compare_arrays(ref, out, 1e-4, 1e-3).passed
+    both = ref.copy()
+    both[5] = np.nan
+    assert compare_arrays(both, both.copy(), 1e-4, 1e-3).passed, "NaN against NaN matches"

@@ -78,3 +78,21 @@ def test_feeds_for_a_verification_are_the_inputs_at_each_point():
     for point, feed in feeds:
         x, ids = inputs_at(example, dims, point)
         assert np.array_equal(feed["x"], x.numpy()) and np.array_equal(feed["ids"], ids.numpy()), point
+
+
+def test_the_batch_copies_are_nudged_in_steps_to_the_same_values_as_in_one_pass():
+    """On dim 0 the nudging runs in cache-sized steps, in place; every element is still
+    ``float32(noise * scale + x)`` computed in float64, as the one-pass form gives it."""
+    from fxtrt import sizes
+
+    example = torch.randn(2, 3, 70, 90)
+    tiled = example.repeat(13, 1, 1, 1).narrow(0, 0, 25).contiguous()
+    assert tiled.numel() > 3 * sizes._STEP
+    noise = sizes.Noise()
+    spread = float(example.double().std())
+    want = noise.take(tiled.shape).mul(0.05 * spread)
+    want.narrow(0, 0, 2).zero_()
+    want = want.add_(tiled).to(torch.float32)
+    got = sizes.vary_copies(tiled.clone(), 0, 2, noise)
+    assert torch.equal(got, want)
+    assert torch.equal(got[:2], example), "the example's own samples are untouched"
