@@ -291,7 +291,7 @@ class _Cell:
         self._phase_start = time.perf_counter()
         self.n_inputs = len(self.spec.input_names)
         self.cases = self.spec.cases(settings.batches)
-        self._float64 = _Float64Eager(self.spec, settings.seed, ref_dir, self.n_inputs)
+        self._float64 = _SecondRuns(self.spec, settings.seed, ref_dir, self.n_inputs)
 
     def checkpoint(self, phase: str) -> None:
         """Record that ``phase`` starts (and how long the previous one took), on disk."""
@@ -490,7 +490,7 @@ class _Feeds:
         return build_feed(self.session, inputs, self.names)
 
 
-class _Float64Eager:
+class _SecondRuns:
     """The model run in float64 at a saved case, and in float32 on another thread count (another
     accumulation order, :func:`fxtrt.compare.other_thread_count`): built fresh (same seed, so the
     reference's weights) on first use, since the exporter may have touched the cell's own copy."""

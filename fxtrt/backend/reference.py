@@ -98,9 +98,7 @@ class ReferenceRunner(TorchRunner):
                 args = [a.double() if a.is_floating_point() else a for a in self.arguments(feed)]
                 with torch.no_grad():
                     leaves = pytree.tree_leaves(self._model64(*args))
-                if len(leaves) == len(self.output_names):
-                    self._outputs64[key] = {n: t.detach().numpy() for n, t in zip(self.output_names, leaves)
-                                            if isinstance(t, torch.Tensor)}
+                self._outputs64[key] = self._named(leaves)
             except Exception as exc:  # a model that builds float32 tensors itself, say: no second opinion
                 log.debug("the model does not run in float64: %s", exc)
         return self._outputs64[key]
@@ -114,6 +112,10 @@ class ReferenceRunner(TorchRunner):
         except Exception as exc:  # noqa: BLE001 - it ran a moment ago; without it, the one order decides
             log.debug("the model did not run again: %s", exc)
             return None
+        return self._named(leaves)
+
+    def _named(self, leaves: Sequence[Any]) -> dict[str, np.ndarray] | None:
+        """A second run's tensors by output name; None when it gave another number of outputs."""
         if len(leaves) != len(self.output_names):
             return None
         return {n: t.detach().numpy() for n, t in zip(self.output_names, leaves) if isinstance(t, torch.Tensor)}
